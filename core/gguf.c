@@ -40,9 +40,9 @@
 #include <unistd.h>
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MAX_ARRAY_DEPTH 8 /* nesting of arrays inside arrays */
-#define GGUF_TYPE_COUNT 13     /* value types 0..12 */
-#define GGUF_MIN_KV_BYTES (8 + 4 + 1)                 /* empty key, u8 value */
+#define GGUF_MAX_ARRAY_DEPTH 8                         /* nesting of arrays inside arrays */
+#define GGUF_TYPE_COUNT 13                             /* value types 0..12 */
+#define GGUF_MIN_KV_BYTES (8 + 4 + 1)                  /* empty key, u8 value */
 #define GGUF_MIN_TENSOR_INFO_BYTES (8 + 4 + 8 + 4 + 8) /* empty name, 1 dim */
 #define GGUF_MIN_ARRAY_HEADER_BYTES (4 + 8)
 
@@ -103,7 +103,7 @@ struct velo_gguf {
 /* The state of the walk through the file at open. */
 typedef struct gguf_parser {
   velo_gguf *g;
-  uint64_t pos;       /* invariant: pos <= g->size */
+  uint64_t pos; /* invariant: pos <= g->size */
   velo_error *err;
   char path_msg[200]; /* the path as shown in messages (shortened if long) */
   char where[200];    /* "kv 3 (\"general.name\")" or "" */
@@ -126,8 +126,8 @@ static uint64_t load_u64(const uint8_t *p) {
 /* Spec name of a value type ("UINT32"), or NULL for an unknown one. */
 static const char *type_name(uint32_t t) {
   static const char *const names[GGUF_TYPE_COUNT] = {
-      "UINT8", "INT8",   "UINT16", "INT16", "UINT32", "INT32", "FLOAT32",
-      "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64", "FLOAT64"};
+      "UINT8", "INT8",   "UINT16", "INT16",  "UINT32", "INT32",  "FLOAT32",
+      "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64",  "FLOAT64"};
   return t < GGUF_TYPE_COUNT ? names[t] : NULL;
 }
 
@@ -162,7 +162,7 @@ static void quote_bytes(char *out, size_t cap, const uint8_t *s, uint64_t n) {
   out[o] = '\0';
 }
 
-/* Formats an error for key lookups (no byte offset: the file is valid). */
+/* Quotes a caller's key (NUL-terminated) for a message, as quote_bytes. */
 static void key_text(char *out, size_t cap, const char *key) {
   quote_bytes(out, cap, (const uint8_t *)key, strlen(key));
 }
@@ -263,7 +263,8 @@ static int64_t index_add(gguf_name_index *ix, const uint8_t *base, int64_t i) {
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static velo_status fail_at(gguf_parser *p, uint64_t off, const char *fmt, ...) {
+static velo_status
+fail_at(gguf_parser *p, uint64_t off, const char *fmt, ...) {
   char what[400];
   va_list ap;
   va_start(ap, fmt);
@@ -280,12 +281,15 @@ static velo_status fail_oom(gguf_parser *p, const char *what) {
 }
 
 /* Bytes from the cursor to the end of the file. */
-static uint64_t left(const gguf_parser *p) { return p->g->size - p->pos; }
+static uint64_t left(const gguf_parser *p) {
+  return p->g->size - p->pos;
+}
 
 /* Fails for a field of n bytes that does not fit in what is left. */
 static velo_status fail_truncated(gguf_parser *p, uint64_t n, const char *what) {
-  return fail_at(p, p->pos, "truncated: %s needs %" PRIu64 " bytes, only %" PRIu64
-                            " left (file is %" PRIu64 " bytes)",
+  return fail_at(p, p->pos,
+                 "truncated: %s needs %" PRIu64 " bytes, only %" PRIu64 " left (file is %" PRIu64
+                 " bytes)",
                  what, n, left(p), p->g->size);
 }
 
@@ -312,8 +316,9 @@ static velo_status read_string(gguf_parser *p, gguf_strref *r, const char *what)
   if (st != VELO_OK) return st;
   if (len > left(p)) {
     p->pos = len_off;
-    return fail_at(p, len_off, "%s length %" PRIu64 " runs past end of file (%" PRIu64
-                               " bytes left of %" PRIu64 ")",
+    return fail_at(p, len_off,
+                   "%s length %" PRIu64 " runs past end of file (%" PRIu64 " bytes left of %" PRIu64
+                   ")",
                    what, len, left(p) - 8, p->g->size);
   }
   r->off = p->pos;
@@ -359,8 +364,9 @@ static velo_status walk_array(gguf_parser *p, uint32_t elem, uint64_t count, uin
   if (!type_name(elem)) return fail_at(p, type_off, "unknown array element type %u", elem);
   if (esz) {
     if (count > left(p) / esz)
-      return fail_at(p, type_off + 4, "array of %" PRIu64 " %s elements runs past end of file (%" PRIu64
-                                      " bytes left)",
+      return fail_at(p, type_off + 4,
+                     "array of %" PRIu64 " %s elements runs past end of file (%" PRIu64
+                     " bytes left)",
                      count, type_name(elem), left(p));
     if (elem == VELO_GGUF_BOOL && (st = check_bools(p, count)) != VELO_OK) return st;
     p->pos += count * esz;
@@ -368,8 +374,8 @@ static velo_status walk_array(gguf_parser *p, uint32_t elem, uint64_t count, uin
   }
   if (elem == VELO_GGUF_STRING) {
     if (count > left(p) / 8)
-      return fail_at(p, type_off + 4, "array of %" PRIu64 " strings runs past end of file (%" PRIu64
-                                      " bytes left)",
+      return fail_at(p, type_off + 4,
+                     "array of %" PRIu64 " strings runs past end of file (%" PRIu64 " bytes left)",
                      count, left(p));
     for (i = 0; i < count; i++) {
       gguf_strref r;
@@ -382,8 +388,8 @@ static velo_status walk_array(gguf_parser *p, uint32_t elem, uint64_t count, uin
   if (depth >= GGUF_MAX_ARRAY_DEPTH)
     return fail_at(p, type_off, "arrays nested deeper than %d levels", GGUF_MAX_ARRAY_DEPTH);
   if (count > left(p) / GGUF_MIN_ARRAY_HEADER_BYTES)
-    return fail_at(p, type_off + 4, "array of %" PRIu64 " arrays runs past end of file (%" PRIu64
-                                    " bytes left)",
+    return fail_at(p, type_off + 4,
+                   "array of %" PRIu64 " arrays runs past end of file (%" PRIu64 " bytes left)",
                    count, left(p));
   for (i = 0; i < count; i++) {
     uint32_t e2;
@@ -433,7 +439,8 @@ static velo_status parse_kv(gguf_parser *p, int64_t i) {
     }
     return walk_array(p, kv->elem_type, kv->count, elem_off, 1, kv->str_offs);
   }
-  if (left(p) < scalar_size(kv->type)) return fail_truncated(p, scalar_size(kv->type), type_name(kv->type));
+  if (left(p) < scalar_size(kv->type))
+    return fail_truncated(p, scalar_size(kv->type), type_name(kv->type));
   if (kv->type == VELO_GGUF_BOOL && (st = check_bools(p, 1)) != VELO_OK) return st;
   p->pos += scalar_size(kv->type);
   return VELO_OK;
@@ -478,7 +485,8 @@ static velo_status parse_tensor_info(gguf_parser *p, int64_t i) {
   if ((st = read_string(p, &t->name, "tensor name")) != VELO_OK) return st;
   set_where(p, "tensor info", i, &t->name);
   if ((dup = index_add(&g->tensor_index, g->base, i)) >= 0)
-    return fail_at(p, name_off, "duplicate tensor name (first defined by tensor info %" PRId64 ")", dup);
+    return fail_at(p, name_off, "duplicate tensor name (first defined by tensor info %" PRId64 ")",
+                   dup);
 
   off = p->pos;
   if ((st = read_u32(p, &n_dims, "n_dims")) != VELO_OK) return st;
@@ -493,8 +501,8 @@ static velo_status parse_tensor_info(gguf_parser *p, int64_t i) {
     if (v == 0 || v > (uint64_t)INT64_MAX)
       return fail_at(p, off, "dimension ne[%d] = %" PRId64 " is not positive", d, (int64_t)v);
     if ((int64_t)v > INT64_MAX / elems)
-      return fail_at(p, off, "dimension ne[%d] = %" PRIu64 " makes the element count overflow int64",
-                     d, v);
+      return fail_at(p, off,
+                     "dimension ne[%d] = %" PRIu64 " makes the element count overflow int64", d, v);
     t->ne[d] = (int64_t)v;
     elems *= (int64_t)v;
     if (d > 0) rows *= (int64_t)v;
@@ -505,7 +513,8 @@ static velo_status parse_tensor_info(gguf_parser *p, int64_t i) {
   blk = velo_dtype_block_size((int)dtype);
   if (blk <= 0) return fail_at(p, off, "unknown tensor type %u", dtype);
   if (t->ne[0] % blk != 0)
-    return fail_at(p, off, "row length ne[0] = %" PRId64 " is not a multiple of the %s block size %" PRId64,
+    return fail_at(p, off,
+                   "row length ne[0] = %" PRId64 " is not a multiple of the %s block size %" PRId64,
                    t->ne[0], velo_dtype_name((int)dtype), blk);
   t->dtype = dtype;
 
@@ -519,8 +528,9 @@ static velo_status parse_tensor_info(gguf_parser *p, int64_t i) {
   t->field_off = p->pos;
   if ((st = read_u64(p, &t->rel_off, "tensor data offset")) != VELO_OK) return st;
   if (t->rel_off % g->alignment != 0)
-    return fail_at(p, t->field_off, "data offset %" PRIu64 " is not a multiple of the alignment %zu",
-                   t->rel_off, g->alignment);
+    return fail_at(p, t->field_off,
+                   "data offset %" PRIu64 " is not a multiple of the alignment %zu", t->rel_off,
+                   g->alignment);
   return VELO_OK;
 }
 
@@ -552,8 +562,9 @@ static velo_status place_tensors(gguf_parser *p) {
         t->size > g->size - g->data_off - t->rel_off) {
       if (t->rel_off > UINT64_MAX - g->data_off)
         return fail_at(p, t->field_off, "data offset %" PRIu64 " overflows", t->rel_off);
-      return fail_at(p, t->field_off, "data [offset %" PRIu64 "+%" PRIu64
-                                      "] runs past end of file (%" PRIu64 " bytes)",
+      return fail_at(p, t->field_off,
+                     "data [offset %" PRIu64 "+%" PRIu64 "] runs past end of file (%" PRIu64
+                     " bytes)",
                      g->data_off + t->rel_off, t->size, g->size);
     }
     t->abs_off = g->data_off + t->rel_off;
@@ -597,10 +608,10 @@ static velo_status map_file(gguf_parser *p, const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
-    velo_status code = e == ENOENT || e == ENOTDIR   ? VELO_NOT_FOUND
-                       : e == EACCES || e == EPERM   ? VELO_PERMISSION_DENIED
-                       : e == EMFILE || e == ENFILE  ? VELO_RESOURCE_EXHAUSTED
-                                                     : VELO_UNKNOWN;
+    velo_status code = e == ENOENT || e == ENOTDIR  ? VELO_NOT_FOUND
+                       : e == EACCES || e == EPERM  ? VELO_PERMISSION_DENIED
+                       : e == EMFILE || e == ENFILE ? VELO_RESOURCE_EXHAUSTED
+                                                    : VELO_UNKNOWN;
     return velo_error_set(p->err, code, "gguf: %s: cannot open: %s", p->path_msg,
                           errno_text(e, eb, sizeof eb));
   }
@@ -618,7 +629,8 @@ static velo_status map_file(gguf_parser *p, const char *path) {
   if (sb.st_size == 0) {
     close(fd);
     return velo_error_set(p->err, VELO_DATA_LOSS,
-                          "gguf: %s: not a GGUF file (empty, 0 bytes) at byte offset 0", p->path_msg);
+                          "gguf: %s: not a GGUF file (empty, 0 bytes) at byte offset 0",
+                          p->path_msg);
   }
   if ((uint64_t)sb.st_size > SIZE_MAX) {
     close(fd);
@@ -663,8 +675,10 @@ static velo_status parse_header(gguf_parser *p, uint64_t *n_tensors, uint64_t *n
     return fail_at(p, 16, "kv count %" PRIu64 " cannot fit in the %" PRIu64 " bytes left", *n_kv,
                    left(p));
   if (*n_tensors > (left(p) - *n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_INFO_BYTES)
-    return fail_at(p, 8, "tensor count %" PRIu64 " cannot fit in the %" PRIu64 " bytes left",
-                   *n_tensors, left(p));
+    return fail_at(p, 8,
+                   "tensor count %" PRIu64 " (with kv count %" PRIu64 ") cannot fit in the %" PRIu64
+                   " bytes left",
+                   *n_tensors, *n_kv, left(p));
   return VELO_OK;
 }
 
@@ -689,8 +703,9 @@ static velo_status parse_file(gguf_parser *p) {
 
   p->where[0] = '\0';
   if (n_tensors > left(p) / GGUF_MIN_TENSOR_INFO_BYTES)
-    return fail_at(p, p->pos, "tensor count %" PRIu64 " cannot fit in the %" PRIu64
-                              " bytes left after the metadata",
+    return fail_at(p, p->pos,
+                   "tensor count %" PRIu64 " cannot fit in the %" PRIu64
+                   " bytes left after the metadata",
                    n_tensors, left(p));
   g->tensors = calloc(n_tensors ? (size_t)n_tensors : 1, sizeof *g->tensors);
   if (!g->tensors || !index_init(&g->tensor_index, n_tensors, g->tensors, sizeof *g->tensors))
@@ -762,19 +777,29 @@ void velo_gguf_close(velo_gguf *g) {
 /* ------------------------------------------------------------------ */
 
 /* Version of the file (2 or 3); 0 for NULL. */
-uint32_t velo_gguf_version(const velo_gguf *g) { return g ? g->version : 0; }
+uint32_t velo_gguf_version(const velo_gguf *g) {
+  return g ? g->version : 0;
+}
 
 /* general.alignment, or 32 when absent; 0 for NULL. */
-size_t velo_gguf_alignment(const velo_gguf *g) { return g ? g->alignment : 0; }
+size_t velo_gguf_alignment(const velo_gguf *g) {
+  return g ? g->alignment : 0;
+}
 
 /* The path as opened, NUL-terminated, owned by g; NULL for NULL. */
-const char *velo_gguf_path(const velo_gguf *g) { return g ? g->path : NULL; }
+const char *velo_gguf_path(const velo_gguf *g) {
+  return g ? g->path : NULL;
+}
 
 /* Size of the file in bytes; 0 for NULL. */
-uint64_t velo_gguf_file_size(const velo_gguf *g) { return g ? g->size : 0; }
+uint64_t velo_gguf_file_size(const velo_gguf *g) {
+  return g ? g->size : 0;
+}
 
 /* Number of metadata keys; 0 for NULL. */
-int64_t velo_gguf_kv_count(const velo_gguf *g) { return g ? g->n_kv : 0; }
+int64_t velo_gguf_kv_count(const velo_gguf *g) {
+  return g ? g->n_kv : 0;
+}
 
 /* Index of key (NUL-terminated, exact bytes), or -1 if absent or g is NULL. */
 int64_t velo_gguf_find_key(const velo_gguf *g, const char *key) {
@@ -810,21 +835,21 @@ bool velo_gguf_kv_array_info(const velo_gguf *g, int64_t i, velo_gguf_type *elem
   return true;
 }
 
-/* Finds key for a getter: its entry, or NULL with NOT_FOUND in err. */
-static const gguf_kv *lookup(const velo_gguf *g, const char *key, velo_error *err) {
+/* Finds key for a getter: sets *kv to its entry and returns OK, or returns
+ * NOT_FOUND (INVALID_ARGUMENT for a NULL g or key) with err filled. */
+static velo_status lookup(const velo_gguf *g, const char *key, const gguf_kv **kv,
+                          velo_error *err) {
   int64_t i;
-  if (!g || !key) {
-    velo_error_set(err, VELO_INVALID_ARGUMENT, "gguf: getter needs a file and a key");
-    return NULL;
-  }
+  char q[128];
+  if (!g || !key)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "gguf: getter needs a file and a key");
   i = velo_gguf_find_key(g, key);
-  if (i < 0) {
-    char q[128];
-    key_text(q, sizeof q, key);
-    velo_error_set(err, VELO_NOT_FOUND, "gguf: %s: key \"%s\" not found", g->path, q);
-    return NULL;
+  if (i >= 0) {
+    *kv = &g->kvs[i];
+    return VELO_OK;
   }
-  return &g->kvs[i];
+  key_text(q, sizeof q, key);
+  return velo_error_set(err, VELO_NOT_FOUND, "gguf: %s: key \"%s\" not found", g->path, q);
 }
 
 /* INVALID_ARGUMENT "key K has type T, wanted W" (T spelled ARRAY of E for arrays). */
@@ -843,34 +868,50 @@ static velo_status wrong_type(const velo_gguf *g, const gguf_kv *kv, const char 
 /* Integer value of key (any integer type or BOOL) in *out.  NOT_FOUND,
  * INVALID_ARGUMENT for another type, OUT_OF_RANGE for a UINT64 above
  * INT64_MAX. */
-velo_status velo_gguf_get_int(const velo_gguf *g, const char *key, int64_t *out,
-                              velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
+velo_status velo_gguf_get_int(const velo_gguf *g, const char *key, int64_t *out, velo_error *err) {
+  const gguf_kv *kv = NULL;
   const uint8_t *v;
   int64_t x;
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   v = g->base + kv->val_off;
   switch (kv->type) {
     case VELO_GGUF_UINT8:
-    case VELO_GGUF_BOOL: x = v[0]; break;
-    case VELO_GGUF_INT8: x = (int8_t)v[0]; break;
-    case VELO_GGUF_UINT16: x = (uint16_t)(v[0] | v[1] << 8); break;
-    case VELO_GGUF_INT16: x = (int16_t)(uint16_t)(v[0] | v[1] << 8); break;
-    case VELO_GGUF_UINT32: x = load_u32(v); break;
-    case VELO_GGUF_INT32: x = (int32_t)load_u32(v); break;
-    case VELO_GGUF_INT64: x = (int64_t)load_u64(v); break;
+    case VELO_GGUF_BOOL:
+      x = v[0];
+      break;
+    case VELO_GGUF_INT8:
+      x = (int8_t)v[0];
+      break;
+    case VELO_GGUF_UINT16:
+      x = (uint16_t)(v[0] | v[1] << 8);
+      break;
+    case VELO_GGUF_INT16:
+      x = (int16_t)(uint16_t)(v[0] | v[1] << 8);
+      break;
+    case VELO_GGUF_UINT32:
+      x = load_u32(v);
+      break;
+    case VELO_GGUF_INT32:
+      x = (int32_t)load_u32(v);
+      break;
+    case VELO_GGUF_INT64:
+      x = (int64_t)load_u64(v);
+      break;
     case VELO_GGUF_UINT64: {
       uint64_t u = load_u64(v);
       if (u > (uint64_t)INT64_MAX) {
         char q[128];
         key_text(q, sizeof q, key);
         return velo_error_set(err, VELO_OUT_OF_RANGE,
-                              "gguf: %s: key \"%s\" = %" PRIu64 " does not fit int64", g->path, q, u);
+                              "gguf: %s: key \"%s\" = %" PRIu64 " does not fit int64", g->path, q,
+                              u);
       }
       x = (int64_t)u;
       break;
     }
-    default: return wrong_type(g, kv, "an integer or BOOL", err);
+    default:
+      return wrong_type(g, kv, "an integer or BOOL", err);
   }
   if (out) *out = x;
   return VELO_OK;
@@ -878,10 +919,10 @@ velo_status velo_gguf_get_int(const velo_gguf *g, const char *key, int64_t *out,
 
 /* Floating-point value of key (FLOAT32 or FLOAT64) in *out.  NOT_FOUND or
  * INVALID_ARGUMENT. */
-velo_status velo_gguf_get_float(const velo_gguf *g, const char *key, double *out,
-                                velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+velo_status velo_gguf_get_float(const velo_gguf *g, const char *key, double *out, velo_error *err) {
+  const gguf_kv *kv = NULL;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   if (kv->type == VELO_GGUF_FLOAT32) {
     uint32_t u = load_u32(g->base + kv->val_off);
     float f;
@@ -900,8 +941,9 @@ velo_status velo_gguf_get_float(const velo_gguf *g, const char *key, double *out
 
 /* BOOL value of key in *out.  NOT_FOUND or INVALID_ARGUMENT. */
 velo_status velo_gguf_get_bool(const velo_gguf *g, const char *key, bool *out, velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+  const gguf_kv *kv = NULL;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   if (kv->type != VELO_GGUF_BOOL) return wrong_type(g, kv, "BOOL", err);
   if (out) *out = g->base[kv->val_off] != 0;
   return VELO_OK;
@@ -909,10 +951,11 @@ velo_status velo_gguf_get_bool(const velo_gguf *g, const char *key, bool *out, v
 
 /* STRING value of key: *str points into the mapping (not NUL-terminated),
  * *len is its length.  NOT_FOUND or INVALID_ARGUMENT. */
-velo_status velo_gguf_get_string(const velo_gguf *g, const char *key, const char **str,
-                                 size_t *len, velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+velo_status velo_gguf_get_string(const velo_gguf *g, const char *key, const char **str, size_t *len,
+                                 velo_error *err) {
+  const gguf_kv *kv = NULL;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   if (kv->type != VELO_GGUF_STRING) return wrong_type(g, kv, "STRING", err);
   if (str) *str = (const char *)g->base + kv->val_off;
   if (len) *len = (size_t)kv->str_len;
@@ -924,8 +967,9 @@ velo_status velo_gguf_get_string(const velo_gguf *g, const char *key, const char
  * INVALID_ARGUMENT for a non-array or an array of strings or arrays. */
 velo_status velo_gguf_get_array(const velo_gguf *g, const char *key, velo_gguf_type *elem_type,
                                 uint64_t *count, const void **data, velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+  const gguf_kv *kv = NULL;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   if (kv->type != VELO_GGUF_ARRAY || kv->elem_type == VELO_GGUF_STRING ||
       kv->elem_type == VELO_GGUF_ARRAY)
     return wrong_type(g, kv, "an ARRAY of numbers or BOOL", err);
@@ -940,9 +984,10 @@ velo_status velo_gguf_get_array(const velo_gguf *g, const char *key, velo_gguf_t
  * type or idx >= count. */
 velo_status velo_gguf_get_array_string(const velo_gguf *g, const char *key, uint64_t idx,
                                        const char **str, size_t *len, velo_error *err) {
-  const gguf_kv *kv = lookup(g, key, err);
+  const gguf_kv *kv = NULL;
   uint64_t off;
-  if (!kv) return err ? err->code : VELO_NOT_FOUND;
+  velo_status st = lookup(g, key, &kv, err);
+  if (st != VELO_OK) return st;
   if (kv->type != VELO_GGUF_ARRAY || kv->elem_type != VELO_GGUF_STRING)
     return wrong_type(g, kv, "an ARRAY of STRING", err);
   if (idx >= kv->count) {
@@ -960,7 +1005,9 @@ velo_status velo_gguf_get_array_string(const velo_gguf *g, const char *key, uint
 }
 
 /* Number of tensors; 0 for NULL. */
-int64_t velo_gguf_tensor_count(const velo_gguf *g) { return g ? g->n_tensors : 0; }
+int64_t velo_gguf_tensor_count(const velo_gguf *g) {
+  return g ? g->n_tensors : 0;
+}
 
 /* Index of the tensor named name (NUL-terminated), or -1. */
 int64_t velo_gguf_find_tensor(const velo_gguf *g, const char *name) {
@@ -971,8 +1018,8 @@ int64_t velo_gguf_find_tensor(const velo_gguf *g, const char *name) {
 /* Fills *out for tensor i.  The caller sets out->struct_size; only that
  * many bytes are written (an older, shorter struct gets its own fields).
  * INVALID_ARGUMENT if i is out of range or struct_size is too small. */
-velo_status velo_gguf_tensor_info(const velo_gguf *g, int64_t i, velo_gguf_tensor_info *out,
-                                  velo_error *err) {
+velo_status velo_gguf_get_tensor_info(const velo_gguf *g, int64_t i, velo_gguf_tensor_info *out,
+                                      velo_error *err) {
   velo_gguf_tensor_info ti;
   const gguf_tensor *t;
   size_t n;
@@ -1022,5 +1069,5 @@ const velo_gguf_api velo_gguf_reader = {
     .get_array_string = velo_gguf_get_array_string,
     .tensor_count = velo_gguf_tensor_count,
     .find_tensor = velo_gguf_find_tensor,
-    .tensor_info = velo_gguf_tensor_info,
+    .tensor_info = velo_gguf_get_tensor_info,
 };

@@ -37,7 +37,7 @@ velo_status velo_gguf_get_array_string(const velo_gguf *g, const char *key, uint
                                        const char **str, size_t *len, velo_error *err);
 int64_t velo_gguf_tensor_count(const velo_gguf *g);
 int64_t velo_gguf_find_tensor(const velo_gguf *g, const char *name);
-velo_status velo_gguf_tensor_info(const velo_gguf *g, int64_t i, velo_gguf_tensor_info *out,
+velo_status velo_gguf_get_tensor_info(const velo_gguf *g, int64_t i, velo_gguf_tensor_info *out,
                                   velo_error *err);
 
 #endif
