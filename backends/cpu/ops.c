@@ -1,0 +1,763 @@
+/*
+ * ops.c - the graph ops of the CPU backend: per-node validation and the
+ * multi-threaded kernels (GET_ROWS, RMS_NORM, MUL, ADD, MUL_MAT, ROPE,
+ * SWIGLU, CPY, ATTENTION; semantics in velo/backend.h).
+ *
+ * Each op splits its work over the instance's pool by whole output rows
+ * (output rows of the weight matrix for MUL_MAT, (token, head) pairs for
+ * ATTENTION), and every output element is computed by one thread in one
+ * fixed order, so results are bit-identical whatever the thread count.
+ *
+ * Tensors: ne[0] is the row length and must be contiguous (nb[0] = element
+ * or block size); rows are addressed through nb[1..3], so views with gaps
+ * (KV-cache slots, a slice of a fused QKV) work.  Flat row r of a tensor is
+ * (i1, i2, i3) with r = i1 + ne1*(i2 + ne2*i3).  A dst may be the same
+ * memory as a source of an element-wise op (in place); other overlaps are
+ * the caller's error.
+ *
+ * Arithmetic follows llama.cpp; the details are at each kernel.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+
+/* Upper bound on any dimension, so that size arithmetic cannot overflow. */
+#define MAX_NE ((int64_t)1 << 40)
+/* ROPE keeps a cos/sin cache of n_rot/2 pairs on the stack. */
+#define ROPE_MAX_ROT 4096
+/* Minimum work (about multiply-adds) per thread before another thread is
+ * worth waking; results do not depend on it. */
+#define MIN_WORK_PER_THREAD 32768
+
+#define VELO_CPU_OP_MAP(XX) \
+  XX(NONE)                  \
+  XX(GET_ROWS)              \
+  XX(RMS_NORM)              \
+  XX(MUL)                   \
+  XX(ADD)                   \
+  XX(MUL_MAT)               \
+  XX(ROPE)                  \
+  XX(SWIGLU)                \
+  XX(CPY)                   \
+  XX(ATTENTION)
+
+/* See cpu_backend.h. */
+const char *velo_cpu_op_name(int op) {
+  switch (op) {
+#define OP_NAME_(name) \
+  case VELO_OP_##name: \
+    return #name;
+    VELO_CPU_OP_MAP(OP_NAME_)
+#undef OP_NAME_
+  }
+  return "op?";
+}
+
+/* Fills err with "node <index> (<OP>): <message>" and returns code. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 5, 6)))
+#endif
+static velo_status node_fail(velo_error *err, velo_status code, size_t index, int op,
+                             const char *fmt, ...) {
+  char msg[VELO_ERROR_MESSAGE_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return velo_error_set(err, code, "cpu: node %zu (%s): %s", index, velo_cpu_op_name(op), msg);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tensor helpers                                                       */
+/* ------------------------------------------------------------------ */
+
+static int64_t n_rows(const velo_tensor *t) { return t->ne[1] * t->ne[2] * t->ne[3]; }
+
+static int64_t n_elements(const velo_tensor *t) { return t->ne[0] * n_rows(t); }
+
+/* Address of flat row r (see the top of the file). */
+static char *row_ptr(const velo_tensor *t, int64_t r) {
+  int64_t i1 = r % t->ne[1];
+  r /= t->ne[1];
+  int64_t i2 = r % t->ne[2];
+  int64_t i3 = r / t->ne[2];
+  return (char *)t->data + (size_t)i1 * t->nb[1] + (size_t)i2 * t->nb[2] +
+         (size_t)i3 * t->nb[3];
+}
+
+/* Element i (flat, ne[0] fastest) of an I32 tensor. */
+static int32_t i32_at(const velo_tensor *t, int64_t i) {
+  const char *row = row_ptr(t, i / t->ne[0]);
+  int32_t v;
+  memcpy(&v, row + (size_t)(i % t->ne[0]) * t->nb[0], sizeof v);
+  return v;
+}
+
+static bool same_shape(const velo_tensor *a, const velo_tensor *b) {
+  for (int i = 0; i < VELO_MAX_DIMS; i++)
+    if (a->ne[i] != b->ne[i]) return false;
+  return true;
+}
+
+static const char *dtype_str(int dtype) {
+  const char *s = velo_dtype_name(dtype);
+  return s ? s : "unknown";
+}
+
+/* Splits n items into nth nearly equal contiguous ranges; [*b, *e) is
+ * share ith. */
+static void split_range(int64_t n, int ith, int nth, int64_t *b, int64_t *e) {
+  *b = n * ith / nth;
+  *e = n * (ith + 1) / nth;
+}
+
+/* Threads worth using for work units of total size work. */
+static int threads_for(const velo_backend_instance *inst, double work) {
+  int n = velo_cpu_pool_size(inst->pool);
+  double want = work / MIN_WORK_PER_THREAD;
+  if (want < 1.0) return 1;
+  return want < n ? (int)want : n;
+}
+
+/* Checks one tensor's header: present, known dtype, sane sizes, rows of
+ * contiguous elements or blocks. */
+static velo_status check_tensor(const velo_graph_node *node, size_t index, const char *role,
+                                const velo_tensor *t, velo_error *err) {
+  if (!t) return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s is NULL", role);
+  if (t->struct_size < sizeof(velo_tensor))
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s struct_size %u is smaller than %zu", role, t->struct_size,
+                     sizeof(velo_tensor));
+  int64_t blk = velo_dtype_block_size(t->dtype);
+  if (blk <= 0)
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s has unknown dtype %d",
+                     role, (int)t->dtype);
+  if (t->n_dims < 1 || t->n_dims > VELO_MAX_DIMS)
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s n_dims %d outside 1..4",
+                     role, t->n_dims);
+  for (int i = 0; i < VELO_MAX_DIMS; i++) {
+    if (t->ne[i] < 1 || t->ne[i] > MAX_NE)
+      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                       "%s ne[%d] = %lld is out of range", role, i, (long long)t->ne[i]);
+    if (t->nb[i] > (size_t)MAX_NE)
+      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                       "%s nb[%d] = %zu is out of range", role, i, t->nb[i]);
+  }
+  int64_t total = 1;
+  for (int i = 0; i < VELO_MAX_DIMS; i++) {
+    if (t->ne[i] > MAX_NE / total)
+      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s has too many elements",
+                       role);
+    total *= t->ne[i];
+  }
+  if (t->ne[0] % blk != 0)
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s row length %lld is not a multiple of the %s block size %lld", role,
+                     (long long)t->ne[0], dtype_str(t->dtype), (long long)blk);
+  if (t->nb[0] != velo_dtype_block_bytes(t->dtype))
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s rows are not contiguous (nb[0] = %zu, %s needs %zu)", role, t->nb[0],
+                     dtype_str(t->dtype), velo_dtype_block_bytes(t->dtype));
+  return VELO_OK;
+}
+
+/* Sets *span to the bytes from a tensor's first byte to just past its last
+ * one; false if that overflows. */
+static bool tensor_span(const velo_tensor *t, size_t *span) {
+  size_t s = velo_dtype_row_bytes(t->dtype, t->ne[0]), part;
+  for (int i = 1; i < VELO_MAX_DIMS; i++) {
+    if (__builtin_mul_overflow((size_t)(t->ne[i] - 1), t->nb[i], &part)) return false;
+    if (__builtin_add_overflow(s, part, &s)) return false;
+  }
+  *span = s;
+  return true;
+}
+
+/* Checks that a tensor's data is set and, when it lives in a CPU buffer,
+ * lies inside it; a dst must not be in wrapped (read-only) memory. */
+static velo_status check_data(const velo_graph_node *node, size_t index, const char *role,
+                              const velo_tensor *t, bool is_dst, velo_error *err) {
+  if (!t->data)
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s has no host data (not in a CPU buffer?)", role);
+  const velo_buffer *buf = t->buffer;
+  if (!buf || buf->magic != VELO_CPU_BUFFER_MAGIC) return VELO_OK; /* not ours to check */
+  const char *lo = buf->ptr, *p = t->data;
+  size_t span = 0;
+  if (!tensor_span(t, &span) || p < lo || (size_t)(p - lo) > buf->size ||
+      span > buf->size - (size_t)(p - lo))
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s (%zu bytes) lies outside its buffer (%zu bytes)", role, span, buf->size);
+  if (is_dst && !buf->owned)
+    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                     "%s is in read-only wrapped host memory", role);
+  return VELO_OK;
+}
+
+/* Fails with UNIMPLEMENTED unless t->dtype is one of the n listed. */
+static velo_status want_dtype(const velo_graph_node *node, size_t index, const char *role,
+                              const velo_tensor *t, int n, const velo_dtype *ok,
+                              velo_error *err) {
+  for (int i = 0; i < n; i++)
+    if (t->dtype == ok[i]) return VELO_OK;
+  return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "%s dtype %s is not supported",
+                   role, dtype_str(t->dtype));
+}
+
+static const velo_dtype k_f32[] = {VELO_DTYPE_F32};
+static const velo_dtype k_i32[] = {VELO_DTYPE_I32};
+static const velo_dtype k_f32_f16[] = {VELO_DTYPE_F32, VELO_DTYPE_F16};
+static const velo_dtype k_weights[] = {VELO_DTYPE_F32, VELO_DTYPE_F16, VELO_DTYPE_Q8_0,
+                                       VELO_DTYPE_Q4_0};
+
+#define WANT(role, t, list)                                                             \
+  do {                                                                                  \
+    velo_status st_ = want_dtype(node, index, role, t, (int)(sizeof list / sizeof list[0]), \
+                                 list, err);                                            \
+    if (st_ != VELO_OK) return st_;                                                     \
+  } while (0)
+
+#define SHAPE_FAIL(...) return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, __VA_ARGS__)
+
+/* Number of src slots each op uses. */
+static int op_n_src(int op) {
+  switch (op) {
+    case VELO_OP_RMS_NORM:
+      return 1;
+    case VELO_OP_CPY:
+      return 1;
+    case VELO_OP_ATTENTION:
+      return 4;
+    default:
+      return 2;
+  }
+}
+
+/* See cpu_backend.h. */
+velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_error *err) {
+  if (!node) return velo_error_set(err, VELO_INVALID_ARGUMENT, "cpu: node %zu is NULL", index);
+  if (node->op <= VELO_OP_NONE || node->op >= VELO_OP_COUNT)
+    return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "op %d is not supported",
+                     (int)node->op);
+  velo_status st = check_tensor(node, index, "dst", node->dst, err);
+  static const char *const src_names[VELO_NODE_MAX_SRC] = {"src0", "src1", "src2", "src3"};
+  for (int i = 0; st == VELO_OK && i < op_n_src(node->op); i++)
+    st = check_tensor(node, index, src_names[i], node->src[i], err);
+  if (st != VELO_OK) return st;
+
+  const velo_tensor *d = node->dst, *a = node->src[0], *b = node->src[1];
+  switch (node->op) {
+    case VELO_OP_GET_ROWS:
+      WANT("src0", a, k_weights);
+      WANT("src1 (ids)", b, k_i32);
+      WANT("dst", d, k_f32);
+      if (a->ne[2] != 1 || a->ne[3] != 1) SHAPE_FAIL("src0 must be 2-D [n_embd, n_rows]");
+      if (d->ne[0] != a->ne[0])
+        SHAPE_FAIL("dst row length %lld != src0 row length %lld", (long long)d->ne[0],
+                   (long long)a->ne[0]);
+      if (n_rows(d) != n_elements(b))
+        SHAPE_FAIL("dst has %lld rows but there are %lld ids", (long long)n_rows(d),
+                   (long long)n_elements(b));
+      return VELO_OK;
+
+    case VELO_OP_RMS_NORM:
+      WANT("src0", a, k_f32);
+      WANT("dst", d, k_f32);
+      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
+      if (!(node->fparams[0] >= 0.0f) || !isfinite(node->fparams[0]))
+        SHAPE_FAIL("eps %g must be finite and >= 0", (double)node->fparams[0]);
+      return VELO_OK;
+
+    case VELO_OP_MUL:
+    case VELO_OP_ADD:
+      WANT("src0", a, k_f32);
+      WANT("src1", b, k_f32);
+      WANT("dst", d, k_f32);
+      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
+      for (int i = 0; i < VELO_MAX_DIMS; i++)
+        if (b->ne[i] != a->ne[i] && b->ne[i] != 1)
+          SHAPE_FAIL("src1 ne[%d] = %lld does not broadcast to src0 ne[%d] = %lld", i,
+                     (long long)b->ne[i], i, (long long)a->ne[i]);
+      return VELO_OK;
+
+    case VELO_OP_MUL_MAT:
+      WANT("src0 (weights)", a, k_weights);
+      WANT("src1", b, k_f32);
+      WANT("dst", d, k_f32);
+      if (a->ne[2] != 1 || a->ne[3] != 1) SHAPE_FAIL("src0 must be 2-D [K, N]");
+      if (b->ne[0] != a->ne[0])
+        SHAPE_FAIL("src1 K = %lld != src0 K = %lld", (long long)b->ne[0], (long long)a->ne[0]);
+      if (d->ne[0] != a->ne[1])
+        SHAPE_FAIL("dst ne[0] = %lld != src0 N = %lld", (long long)d->ne[0],
+                   (long long)a->ne[1]);
+      for (int i = 1; i < VELO_MAX_DIMS; i++)
+        if (d->ne[i] != b->ne[i])
+          SHAPE_FAIL("dst ne[%d] = %lld != src1 ne[%d] = %lld", i, (long long)d->ne[i], i,
+                     (long long)b->ne[i]);
+      return VELO_OK;
+
+    case VELO_OP_ROPE: {
+      WANT("src0", a, k_f32);
+      WANT("src1 (positions)", b, k_i32);
+      WANT("dst", d, k_f32);
+      int n_rot = node->iparams[0], mode = node->iparams[1];
+      if (a->ne[3] != 1) SHAPE_FAIL("src0 must be [head_dim, n_head, n_tok]");
+      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
+      if (n_elements(b) != a->ne[2])
+        SHAPE_FAIL("%lld positions for %lld tokens", (long long)n_elements(b),
+                   (long long)a->ne[2]);
+      if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > a->ne[0])
+        SHAPE_FAIL("n_rot %d must be even, > 0 and <= head_dim %lld", n_rot,
+                   (long long)a->ne[0]);
+      if (n_rot > ROPE_MAX_ROT)
+        return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "n_rot %d > %d", n_rot,
+                         ROPE_MAX_ROT);
+      if (mode != VELO_ROPE_NORMAL && mode != VELO_ROPE_NEOX)
+        return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "rope mode %d", mode);
+      if (!(node->fparams[0] > 0.0f) || !isfinite(node->fparams[0]) ||
+          !isfinite(node->fparams[1]))
+        SHAPE_FAIL("freq_base %g / freq_scale %g invalid", (double)node->fparams[0],
+                   (double)node->fparams[1]);
+      return VELO_OK;
+    }
+
+    case VELO_OP_SWIGLU:
+      WANT("src0", a, k_f32);
+      WANT("src1", b, k_f32);
+      WANT("dst", d, k_f32);
+      if (!same_shape(a, b) || !same_shape(a, d)) SHAPE_FAIL("src0, src1 and dst shapes differ");
+      return VELO_OK;
+
+    case VELO_OP_CPY:
+      WANT("src0", a, k_f32);
+      WANT("dst", d, k_f32_f16);
+      if (a->ne[0] != d->ne[0])
+        SHAPE_FAIL("row lengths differ (%lld vs %lld)", (long long)a->ne[0],
+                   (long long)d->ne[0]);
+      if (n_elements(a) != n_elements(d))
+        SHAPE_FAIL("element counts differ (%lld vs %lld)", (long long)n_elements(a),
+                   (long long)n_elements(d));
+      return VELO_OK;
+
+    case VELO_OP_ATTENTION: {
+      const velo_tensor *k = node->src[1], *v = node->src[2], *pos = node->src[3];
+      WANT("src0 (q)", a, k_f32);
+      WANT("src1 (K cache)", k, k_f32_f16);
+      WANT("src2 (V cache)", v, k_f32_f16);
+      WANT("src3 (positions)", pos, k_i32);
+      WANT("dst", d, k_f32);
+      if (a->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1)
+        SHAPE_FAIL("q, K and V must be 3-D");
+      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from q");
+      if (k->ne[0] != a->ne[0] || v->ne[0] != a->ne[0])
+        SHAPE_FAIL("head_dim differs: q %lld, K %lld, V %lld", (long long)a->ne[0],
+                   (long long)k->ne[0], (long long)v->ne[0]);
+      if (!same_shape(k, v)) SHAPE_FAIL("K and V cache shapes differ");
+      if (a->ne[1] % k->ne[1] != 0)
+        SHAPE_FAIL("n_head %lld is not a multiple of n_head_kv %lld", (long long)a->ne[1],
+                   (long long)k->ne[1]);
+      if (n_elements(pos) != a->ne[2])
+        SHAPE_FAIL("%lld positions for %lld tokens", (long long)n_elements(pos),
+                   (long long)a->ne[2]);
+      if (!isfinite(node->fparams[0])) SHAPE_FAIL("scale is not finite");
+      return VELO_OK;
+    }
+
+    default:
+      return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "op %d is not supported",
+                       (int)node->op);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Scratch memory                                                       */
+/* ------------------------------------------------------------------ */
+
+/* Makes inst->scratch at least size bytes (contents not kept). */
+static velo_status scratch_reserve(velo_backend_instance *inst, size_t size, size_t index,
+                                   int op, velo_error *err) {
+  if (inst->scratch_size >= size) return VELO_OK;
+  /* grow by a quarter more than asked, so that slowly growing needs (the
+   * attention span during decode) do not reallocate at every step */
+  size_t want = size + size / 4;
+  if (want < size || want > SIZE_MAX - VELO_CPU_ALIGN)
+    return node_fail(err, VELO_RESOURCE_EXHAUSTED, index, op, "scratch size %zu too large", size);
+  want = (want + VELO_CPU_ALIGN - 1) / VELO_CPU_ALIGN * VELO_CPU_ALIGN;
+  void *p = aligned_alloc(VELO_CPU_ALIGN, want);
+  if (!p)
+    return node_fail(err, VELO_RESOURCE_EXHAUSTED, index, op,
+                     "cannot allocate %zu bytes of scratch memory", want);
+  free(inst->scratch);
+  inst->scratch = p;
+  inst->scratch_size = want;
+  return VELO_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Kernels.  Each is fn(arg, ith, nth) for velo_cpu_pool_run.           */
+/* ------------------------------------------------------------------ */
+
+typedef struct op_args {
+  const velo_graph_node *node;
+  const velo_cpu_vec *vec;
+  void *scratch;
+  size_t col_bytes;     /* MUL_MAT: bytes of one converted activation column */
+  float theta_scale;    /* ROPE */
+  int64_t scratch_per_thread; /* ATTENTION: floats of score space per thread */
+} op_args;
+
+/* GET_ROWS: dst row t = src0 row ids[t], converted to float. */
+static void k_get_rows(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *tab = a->node->src[0], *ids = a->node->src[1], *dst = a->node->dst;
+  int64_t b, e;
+  split_range(n_rows(dst), ith, nth, &b, &e);
+  for (int64_t t = b; t < e; t++) {
+    const char *row = (const char *)tab->data + (size_t)i32_at(ids, t) * tab->nb[1];
+    velo_dequantize_row(tab->dtype, row, (float *)row_ptr(dst, t), tab->ne[0]);
+  }
+}
+
+/* RMS_NORM as llama.cpp: sum of float squares accumulated in double,
+ * mean = (float)(sum/n), scale = 1/sqrtf(mean + eps), y = x*scale. */
+static void k_rms_norm(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *src = a->node->src[0], *dst = a->node->dst;
+  const float eps = a->node->fparams[0];
+  const int64_t n = src->ne[0];
+  int64_t b, e;
+  split_range(n_rows(src), ith, nth, &b, &e);
+  for (int64_t r = b; r < e; r++) {
+    const float *x = (const float *)row_ptr(src, r);
+    float *y = (float *)row_ptr(dst, r);
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
+  }
+}
+
+/* MUL / ADD with src1 broadcast along every dimension where its ne is 1. */
+static void k_binary(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *x = a->node->src[0], *w = a->node->src[1], *dst = a->node->dst;
+  const bool mul = a->node->op == VELO_OP_MUL;
+  const int64_t n = x->ne[0];
+  int64_t b, e;
+  split_range(n_rows(dst), ith, nth, &b, &e);
+  for (int64_t r = b; r < e; r++) {
+    int64_t i1 = r % x->ne[1], i2 = (r / x->ne[1]) % x->ne[2], i3 = r / (x->ne[1] * x->ne[2]);
+    const float *xr = (const float *)row_ptr(x, r);
+    const float *wr = (const float *)((const char *)w->data + (size_t)(i1 % w->ne[1]) * w->nb[1] +
+                                      (size_t)(i2 % w->ne[2]) * w->nb[2] +
+                                      (size_t)(i3 % w->ne[3]) * w->nb[3]);
+    float *y = (float *)row_ptr(dst, r);
+    if (w->ne[0] == n) {
+      if (mul)
+        for (int64_t i = 0; i < n; i++) y[i] = xr[i] * wr[i];
+      else
+        for (int64_t i = 0; i < n; i++) y[i] = xr[i] + wr[i];
+    } else {
+      const float s = wr[0];
+      if (mul)
+        for (int64_t i = 0; i < n; i++) y[i] = xr[i] * s;
+      else
+        for (int64_t i = 0; i < n; i++) y[i] = xr[i] + s;
+    }
+  }
+}
+
+/* MUL_MAT phase 1: converts the activation columns (rows of src1) to the
+ * weight type's partner format in scratch: Q8_0 blocks for Q8_0/Q4_0
+ * weights, fp16 for F16 weights. */
+static void k_mul_mat_convert(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *w = a->node->src[0], *x = a->node->src[1];
+  const int64_t K = x->ne[0];
+  int64_t b, e;
+  split_range(n_rows(x), ith, nth, &b, &e);
+  for (int64_t m = b; m < e; m++) {
+    const float *col = (const float *)row_ptr(x, m);
+    char *out = (char *)a->scratch + (size_t)m * a->col_bytes;
+    if (w->dtype == VELO_DTYPE_F16)
+      a->vec->fp32_to_fp16_row(col, (uint16_t *)out, K);
+    else
+      a->vec->quantize_row_q8_0(col, (velo_block_q8_0 *)out, K);
+  }
+}
+
+/* MUL_MAT phase 2: dst[n, m] = dot(weight row n, column m) for the weight
+ * rows n of this thread's share.  Tiles of rows x columns keep a few weight
+ * rows in L1 while the columns stream from L2. */
+static void k_mul_mat_dot(void *p, int ith, int nth) {
+  enum { TILE_N = 16, TILE_M = 64 };
+  const op_args *a = p;
+  const velo_tensor *w = a->node->src[0], *x = a->node->src[1], *dst = a->node->dst;
+  const velo_cpu_vec *vec = a->vec;
+  const int64_t K = w->ne[0], M = n_rows(x);
+  int64_t b, e;
+  split_range(w->ne[1], ith, nth, &b, &e);
+  for (int64_t n0 = b; n0 < e; n0 += TILE_N) {
+    int64_t n1 = n0 + TILE_N < e ? n0 + TILE_N : e;
+    for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
+      int64_t m1 = m0 + TILE_M < M ? m0 + TILE_M : M;
+      for (int64_t n = n0; n < n1; n++) {
+        const char *wr = (const char *)w->data + (size_t)n * w->nb[1];
+        for (int64_t m = m0; m < m1; m++) {
+          const char *col = a->scratch ? (const char *)a->scratch + (size_t)m * a->col_bytes
+                                       : row_ptr(x, m);
+          float v;
+          switch (w->dtype) {
+            case VELO_DTYPE_F32:
+              v = vec->dot_f32((const float *)wr, (const float *)col, K);
+              break;
+            case VELO_DTYPE_F16:
+              v = vec->dot_f16((const uint16_t *)wr, (const uint16_t *)col, K);
+              break;
+            case VELO_DTYPE_Q8_0:
+              v = vec->dot_q8_0_q8_0((const velo_block_q8_0 *)wr, (const velo_block_q8_0 *)col,
+                                     K);
+              break;
+            default: /* Q4_0; node_check admits nothing else */
+              v = vec->dot_q4_0_q8_0((const velo_block_q4_0 *)wr, (const velo_block_q8_0 *)col,
+                                     K);
+              break;
+          }
+          ((float *)row_ptr(dst, m))[n] = v;
+        }
+      }
+    }
+  }
+}
+
+/* ROPE as llama.cpp (ggml_rope_cache_init with ext_factor 0, mscale 1):
+ * theta_base starts at (float)pos; pair i uses theta = freq_scale *
+ * theta_base, c = cosf(theta), s = sinf(theta); then theta_base *=
+ * theta_scale, theta_scale = powf(freq_base, -2.0f/n_rot).  Pairs are
+ * (2i, 2i+1) in normal mode and (i, i + n_rot/2) in neox mode; dims past
+ * n_rot are copied. */
+static void k_rope(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *src = a->node->src[0], *pos = a->node->src[1], *dst = a->node->dst;
+  const int n_rot = a->node->iparams[0], half = n_rot / 2;
+  const bool neox = a->node->iparams[1] == VELO_ROPE_NEOX;
+  const float freq_scale = a->node->fparams[1];
+  const int64_t head_dim = src->ne[0], n_head = src->ne[1];
+  float cs[ROPE_MAX_ROT / 2], sn[ROPE_MAX_ROT / 2];
+  int64_t cached_token = -1;
+  int64_t b, e;
+  split_range(n_rows(src), ith, nth, &b, &e);
+  for (int64_t r = b; r < e; r++) {
+    int64_t t = r / n_head;
+    if (t != cached_token) {
+      float theta_base = (float)i32_at(pos, t);
+      for (int i = 0; i < half; i++) {
+        float theta = freq_scale * theta_base;
+        cs[i] = cosf(theta);
+        sn[i] = sinf(theta);
+        theta_base *= a->theta_scale;
+      }
+      cached_token = t;
+    }
+    const float *x = (const float *)row_ptr(src, r);
+    float *y = (float *)row_ptr(dst, r);
+    for (int i = 0; i < half; i++) {
+      int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+      const float x0 = x[i0], x1 = x[i1];
+      y[i0] = x0 * cs[i] - x1 * sn[i];
+      y[i1] = x0 * sn[i] + x1 * cs[i];
+    }
+    if (y != x)
+      for (int64_t i = n_rot; i < head_dim; i++) y[i] = x[i];
+  }
+}
+
+/* SWIGLU: dst = silu(a) * b, silu(x) = x / (1 + expf(-x)). */
+static void k_swiglu(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *g = a->node->src[0], *u = a->node->src[1], *dst = a->node->dst;
+  const int64_t n = g->ne[0];
+  int64_t b, e;
+  split_range(n_rows(g), ith, nth, &b, &e);
+  for (int64_t r = b; r < e; r++) {
+    const float *x = (const float *)row_ptr(g, r), *v = (const float *)row_ptr(u, r);
+    float *y = (float *)row_ptr(dst, r);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] / (1.0f + expf(-x[i]))) * v[i];
+  }
+}
+
+/* CPY: flat row r of src0 to flat row r of dst, F32 -> F32 or F16
+ * (round-half-even). */
+static void k_cpy(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *src = a->node->src[0], *dst = a->node->dst;
+  const int64_t n = src->ne[0];
+  int64_t b, e;
+  split_range(n_rows(src), ith, nth, &b, &e);
+  for (int64_t r = b; r < e; r++) {
+    const float *x = (const float *)row_ptr(src, r);
+    char *y = row_ptr(dst, r);
+    if (dst->dtype == VELO_DTYPE_F16)
+      a->vec->fp32_to_fp16_row(x, (uint16_t *)y, n);
+    else
+      memmove(y, x, (size_t)n * sizeof(float));
+  }
+}
+
+/* ATTENTION for the (token, head) pairs of this share.  Per pair, as
+ * llama.cpp's non-flash path with an F32 mask: s_j = dot(k_j, q) * scale
+ * (8-lane float dot; F16 K converted exactly), max subtracted, e_j =
+ * expf(s_j - max), sum of e_j in double, p_j = e_j * (float)(1/sum), out =
+ * sum_j p_j * v_j accumulated in float in j order. */
+static void k_attention(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_graph_node *node = a->node;
+  const velo_tensor *q = node->src[0], *K = node->src[1], *V = node->src[2];
+  const velo_tensor *pos = node->src[3], *dst = node->dst;
+  const int64_t D = q->ne[0], H = q->ne[1], group = H / K->ne[1];
+  const float scale = node->fparams[0];
+  float *s = (float *)a->scratch + (size_t)ith * (size_t)a->scratch_per_thread;
+  int64_t b, e;
+  split_range(H * q->ne[2], ith, nth, &b, &e);
+  for (int64_t it = b; it < e; it++) {
+    const int64_t t = it / H, h = it % H, g = h / group;
+    const int64_t n_kv = (int64_t)i32_at(pos, t) + 1;
+    const char *qr = (const char *)q->data + (size_t)h * q->nb[1] + (size_t)t * q->nb[2];
+    float *out = (float *)((char *)dst->data + (size_t)h * dst->nb[1] + (size_t)t * dst->nb[2]);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n_kv; j++) {
+      const char *kr = (const char *)K->data + (size_t)g * K->nb[1] + (size_t)j * K->nb[2];
+      float dot = K->dtype == VELO_DTYPE_F16
+                      ? a->vec->dot_f16_f32((const uint16_t *)kr, (const float *)qr, D)
+                      : a->vec->dot_f32((const float *)kr, (const float *)qr, D);
+      s[j] = dot * scale;
+      mx = s[j] > mx ? s[j] : mx;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < n_kv; j++) {
+      s[j] = expf(s[j] - mx);
+      sum += (double)s[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j < n_kv; j++) {
+      const float pj = s[j] * inv;
+      const char *vr = (const char *)V->data + (size_t)g * V->nb[1] + (size_t)j * V->nb[2];
+      if (V->dtype == VELO_DTYPE_F16) {
+        const uint16_t *v16 = (const uint16_t *)vr;
+        for (int64_t d = 0; d < D; d++) out[d] += pj * velo_fp16_to_fp32(v16[d]);
+      } else {
+        const float *v32 = (const float *)vr;
+        for (int64_t d = 0; d < D; d++) out[d] += pj * v32[d];
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Per-node driver                                                      */
+/* ------------------------------------------------------------------ */
+
+/* Data checks: pointers and buffer bounds of every tensor, ids and
+ * positions in range. */
+static velo_status check_node_data(const velo_graph_node *node, size_t index, velo_error *err) {
+  static const char *const src_names[VELO_NODE_MAX_SRC] = {"src0", "src1", "src2", "src3"};
+  velo_status st = check_data(node, index, "dst", node->dst, true, err);
+  for (int i = 0; st == VELO_OK && i < op_n_src(node->op); i++)
+    st = check_data(node, index, src_names[i], node->src[i], false, err);
+  if (st != VELO_OK) return st;
+  if (node->op == VELO_OP_GET_ROWS) {
+    const velo_tensor *ids = node->src[1];
+    int64_t n = n_elements(ids), rows = node->src[0]->ne[1];
+    for (int64_t i = 0; i < n; i++) {
+      int32_t id = i32_at(ids, i);
+      if (id < 0 || id >= rows)
+        return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                         "id %d at %lld is outside [0, %lld)", id, (long long)i,
+                         (long long)rows);
+    }
+  }
+  if (node->op == VELO_OP_ATTENTION) {
+    const velo_tensor *pos = node->src[3];
+    int64_t n = n_elements(pos), n_ctx = node->src[1]->ne[2];
+    for (int64_t i = 0; i < n; i++) {
+      int32_t ps = i32_at(pos, i);
+      if (ps < 0 || ps >= n_ctx)
+        return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                         "position %d of token %lld is outside the cache [0, %lld)", ps,
+                         (long long)i, (long long)n_ctx);
+    }
+  }
+  return VELO_OK;
+}
+
+/* See cpu_backend.h. */
+velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_node *node,
+                                  size_t index, velo_error *err) {
+  velo_status st = check_node_data(node, index, err);
+  if (st != VELO_OK) return st;
+  op_args args = {.node = node, .vec = inst->vec};
+  const velo_tensor *d = node->dst, *s0 = node->src[0];
+  velo_cpu_pool *pool = inst->pool;
+
+  switch (node->op) {
+    case VELO_OP_GET_ROWS:
+      velo_cpu_pool_run(pool, k_get_rows, &args, threads_for(inst, (double)n_elements(d)));
+      return VELO_OK;
+    case VELO_OP_RMS_NORM:
+      velo_cpu_pool_run(pool, k_rms_norm, &args, threads_for(inst, 2.0 * n_elements(d)));
+      return VELO_OK;
+    case VELO_OP_MUL:
+    case VELO_OP_ADD:
+      velo_cpu_pool_run(pool, k_binary, &args, threads_for(inst, (double)n_elements(d)));
+      return VELO_OK;
+    case VELO_OP_SWIGLU:
+      velo_cpu_pool_run(pool, k_swiglu, &args, threads_for(inst, 8.0 * n_elements(d)));
+      return VELO_OK;
+    case VELO_OP_CPY:
+      velo_cpu_pool_run(pool, k_cpy, &args, threads_for(inst, (double)n_elements(d)));
+      return VELO_OK;
+    case VELO_OP_ROPE:
+      args.theta_scale = powf(node->fparams[0], -2.0f / (float)node->iparams[0]);
+      velo_cpu_pool_run(pool, k_rope, &args, threads_for(inst, 4.0 * n_elements(d)));
+      return VELO_OK;
+
+    case VELO_OP_MUL_MAT: {
+      const int64_t K = s0->ne[0], N = s0->ne[1], M = n_rows(node->src[1]);
+      if (s0->dtype != VELO_DTYPE_F32) {
+        velo_dtype partner = s0->dtype == VELO_DTYPE_F16 ? VELO_DTYPE_F16 : VELO_DTYPE_Q8_0;
+        args.col_bytes = velo_dtype_row_bytes(partner, K);
+        st = scratch_reserve(inst, args.col_bytes * (size_t)M, index, node->op, err);
+        if (st != VELO_OK) return st;
+        args.scratch = inst->scratch;
+        velo_cpu_pool_run(pool, k_mul_mat_convert, &args, threads_for(inst, 4.0 * K * M));
+      }
+      velo_cpu_pool_run(pool, k_mul_mat_dot, &args, threads_for(inst, (double)K * N * M));
+      return VELO_OK;
+    }
+
+    case VELO_OP_ATTENTION: {
+      const velo_tensor *pos = node->src[3];
+      int64_t max_kv = 1;
+      for (int64_t i = 0; i < n_elements(pos); i++)
+        if (i32_at(pos, i) + 1 > max_kv) max_kv = i32_at(pos, i) + 1;
+      int nth = threads_for(inst, (double)n_rows(s0) * (double)max_kv * 2.0 * s0->ne[0]);
+      args.scratch_per_thread = (max_kv + 15) / 16 * 16; /* keep threads' rows apart */
+      st = scratch_reserve(inst, (size_t)nth * (size_t)args.scratch_per_thread * sizeof(float),
+                           index, node->op, err);
+      if (st != VELO_OK) return st;
+      args.scratch = inst->scratch;
+      velo_cpu_pool_run(pool, k_attention, &args, nth);
+      return VELO_OK;
+    }
+
+    default:
+      return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "op %d is not supported",
+                       (int)node->op);
+  }
+}

@@ -1,0 +1,511 @@
+/*
+ * server.c - the gRPC core server of velod: creation and binding, the
+ * completion-queue threads, the request slots that receive new calls, the
+ * catch-all that answers UNIMPLEMENTED, graceful shutdown, and the helpers
+ * the method handlers share (message (de)serialisation, finishing a unary
+ * call).  The method handlers themselves live in generate.c and services.c.
+ *
+ * Model: one completion queue, served by a few threads; every event's tag
+ * is a velo_srv_tag embedded in the object it concerns.  Each registered
+ * method keeps VELO_SRV_SLOTS_PER_METHOD requests posted
+ * (grpc_server_request_registered_call with the request message read up
+ * front); a slot is re-posted as soon as it has delivered a call, before
+ * the call is handled.  Shutdown follows shared/PITFALLS.md: shutdown and
+ * notify, wait (cancel all after a grace period), destroy the server, then
+ * shut down, drain and destroy the queue.
+ */
+#include "server_internal.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+#define LOG_SOURCE "server"
+
+static const char *const method_path[VELO_SRV_METHOD_COUNT] = {
+    [VELO_SRV_GENERATE] = "/velo.v1.TextGeneration/Generate",
+    [VELO_SRV_TOKENIZE] = "/velo.v1.TextGeneration/Tokenize",
+    [VELO_SRV_LIST_MODELS] = "/velo.v1.Models/ListModels",
+    [VELO_SRV_HEALTH_CHECK] = "/grpc.health.v1.Health/Check",
+};
+
+/* ------------------------------------------------------------------ */
+/* Messages                                                            */
+/* ------------------------------------------------------------------ */
+
+ProtobufCMessage *velo_srv_unpack(grpc_byte_buffer *bb,
+                                  const ProtobufCMessageDescriptor *desc) {
+  grpc_byte_buffer_reader reader;
+  ProtobufCMessage *msg;
+  grpc_slice all;
+
+  if (!bb || !grpc_byte_buffer_reader_init(&reader, bb)) return NULL;
+  all = grpc_byte_buffer_reader_readall(&reader);
+  grpc_byte_buffer_reader_destroy(&reader);
+  msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all),
+                                  GRPC_SLICE_START_PTR(all));
+  grpc_slice_unref(all);
+  return msg;
+}
+
+grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg) {
+  size_t size = protobuf_c_message_get_packed_size(msg);
+  grpc_slice slice = grpc_slice_malloc(size);
+  grpc_byte_buffer *bb;
+
+  protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
+  bb = grpc_raw_byte_buffer_create(&slice, 1);
+  grpc_slice_unref(slice);
+  return bb;
+}
+
+/* ------------------------------------------------------------------ */
+/* Finishing a unary call                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct unary_finish {
+  velo_srv_tag tag; /* first member: the tag is the object */
+  velo_server *srv;
+  grpc_call *call;
+  grpc_byte_buffer *response;
+  int cancelled; /* RECV_CLOSE_ON_SERVER result; unused */
+} unary_finish;
+
+/* The finishing batch completed (or failed: the client has gone); either
+ * way the call is over. */
+static void unary_finish_done(velo_srv_tag *tag, bool ok) {
+  unary_finish *uf = (unary_finish *)tag;
+  (void)ok;
+  if (uf->response) grpc_byte_buffer_destroy(uf->response);
+  grpc_call_unref(uf->call);
+  velo_srv_call_ended(uf->srv);
+  free(uf);
+}
+
+void velo_srv_finish_unary(velo_server *srv, grpc_call *call, grpc_byte_buffer *response,
+                           grpc_status_code code, const char *message) {
+  unary_finish *uf = calloc(1, sizeof *uf);
+  grpc_op ops[4];
+  size_t n = 0;
+  grpc_slice details;
+  grpc_call_error rc;
+
+  if (!uf) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory finishing a call");
+    grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+    if (response) grpc_byte_buffer_destroy(response);
+    grpc_call_unref(call);
+    velo_srv_call_ended(srv);
+    return;
+  }
+  uf->tag.on_done = unary_finish_done;
+  uf->srv = srv;
+  uf->call = call;
+  uf->response = response;
+
+  details = grpc_slice_from_copied_string(message ? message : "");
+  memset(ops, 0, sizeof ops);
+  ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA; /* always: see PITFALLS */
+  if (response) {
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = response;
+  }
+  ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+  ops[n].data.send_status_from_server.status = code;
+  ops[n++].data.send_status_from_server.status_details = message ? &details : NULL;
+  ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  ops[n++].data.recv_close_on_server.cancelled = &uf->cancelled;
+
+  rc = grpc_call_start_batch(call, ops, n, &uf->tag, NULL);
+  grpc_slice_unref(details); /* not retained past start_batch */
+  if (rc != GRPC_CALL_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot finish a call: grpc_call_start_batch error %d",
+             (int)rc);
+    unary_finish_done(&uf->tag, false);
+  }
+}
+
+void velo_srv_model_names(velo_server *srv, char *buf, size_t size) {
+  velo_model_entry **list = NULL;
+  size_t n = velo_registry_list(srv->registry, &list);
+  size_t used = 0;
+
+  if (size == 0) return;
+  buf[0] = '\0';
+  if (n == 0) snprintf(buf, size, "none");
+  for (size_t i = 0; i < n; i++) {
+    if (used < size) {
+      int w = snprintf(buf + used, size - used, "%s%s", i ? ", " : "", list[i]->name);
+      if (w > 0) used += (size_t)w;
+    }
+    velo_model_entry_release(list[i]);
+  }
+  free(list);
+}
+
+void velo_srv_call_ended(velo_server *srv) {
+  /* Under mu, so that velo_server_wait_shutdown cannot see the count reach
+   * 0 (and let the server be freed) before this function is done with it. */
+  pthread_mutex_lock(&srv->mu);
+  if (atomic_fetch_sub(&srv->calls_in_flight, 1) == 1) pthread_cond_broadcast(&srv->cv);
+  pthread_mutex_unlock(&srv->mu);
+}
+
+/* ------------------------------------------------------------------ */
+/* Request slots                                                       */
+/* ------------------------------------------------------------------ */
+
+/* Posts (or re-posts) slot s.  A refused request is logged; the slot then
+ * stays idle (gRPC refuses only after shutdown or on misuse). */
+static void slot_post(velo_srv_slot *s) {
+  velo_server *srv = s->srv;
+  grpc_call_error rc;
+
+  s->call = NULL;
+  s->payload = NULL;
+  if (s->method >= 0)
+    rc = grpc_server_request_registered_call(srv->server, srv->method_handle[s->method],
+                                             &s->call, &s->deadline, &s->metadata,
+                                             &s->payload, srv->cq, srv->cq, &s->tag);
+  else
+    rc = grpc_server_request_call(srv->server, &s->call, &s->details, &s->metadata, srv->cq,
+                                  srv->cq, &s->tag);
+  if (rc != GRPC_CALL_OK)
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot request calls for %s: error %d",
+             s->method >= 0 ? method_path[s->method] : "unknown methods", (int)rc);
+}
+
+/* Answers a call to a method velod does not serve. */
+static void answer_unimplemented(velo_server *srv, grpc_call *call, const char *method) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "method %s is not implemented by velod", method);
+  velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s", msg);
+  velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+}
+
+/* A slot delivered a new call (ok) or was cancelled by shutdown (!ok).
+ * Copies what the slot received, re-posts it, then handles the call. */
+static void slot_done(velo_srv_tag *tag, bool ok) {
+  velo_srv_slot *s = (velo_srv_slot *)tag;
+  velo_server *srv = s->srv;
+  grpc_call *call = s->call;
+  grpc_byte_buffer *payload = s->payload;
+  gpr_timespec deadline = s->deadline;
+  int method = s->method;
+  char path[256] = "";
+
+  if (!ok) return; /* shutting down: the slot stays idle */
+
+  if (method < 0) {
+    size_t len = GRPC_SLICE_LENGTH(s->details.method);
+    if (len >= sizeof path) len = sizeof path - 1;
+    memcpy(path, GRPC_SLICE_START_PTR(s->details.method), len);
+    path[len] = '\0';
+    grpc_call_details_destroy(&s->details);
+    grpc_call_details_init(&s->details);
+  }
+  grpc_metadata_array_destroy(&s->metadata);
+  grpc_metadata_array_init(&s->metadata);
+  atomic_fetch_add(&srv->calls_in_flight, 1);
+  /* Re-post before handling: the call we hold keeps shutdown from
+   * completing, so the server is still alive here. */
+  if (!atomic_load(&srv->shutting_down)) slot_post(s);
+
+  switch (method) {
+    case VELO_SRV_GENERATE:
+      velo_srv_handle_generate(srv, call, deadline, payload);
+      break;
+    case VELO_SRV_TOKENIZE:
+    case VELO_SRV_LIST_MODELS:
+    case VELO_SRV_HEALTH_CHECK:
+      velo_srv_handle_unary(srv, (velo_srv_method)method, call, payload);
+      break;
+    default:
+      answer_unimplemented(srv, call, path);
+      break;
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Threads and lifecycle                                               */
+/* ------------------------------------------------------------------ */
+
+/* Runs the completion queue until it is shut down and drained. */
+static void *cq_thread(void *arg) {
+  velo_server *srv = arg;
+  for (;;) {
+    grpc_event ev =
+        grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+    if (ev.type == GRPC_OP_COMPLETE) {
+      velo_srv_tag *tag = ev.tag;
+      tag->on_done(tag, ev.success != 0);
+    }
+  }
+  return NULL;
+}
+
+static void shutdown_done(velo_srv_tag *tag, bool ok) {
+  velo_server *srv = (velo_server *)((char *)tag - offsetof(velo_server, shutdown_tag));
+  (void)ok;
+  pthread_mutex_lock(&srv->mu);
+  srv->shutdown_done = true;
+  pthread_cond_broadcast(&srv->cv);
+  pthread_mutex_unlock(&srv->mu);
+}
+
+/* Checks "HOST:PORT" (HOST may be a bracketed IPv6 address) and returns the
+ * port, or -1 when malformed.  *host_len gets the length of HOST. */
+static long parse_listen(const char *addr, size_t *host_len) {
+  const char *colon = addr ? strrchr(addr, ':') : NULL;
+  char *end;
+  long port;
+
+  if (!colon || colon == addr || colon[1] < '0' || colon[1] > '9') return -1;
+  errno = 0;
+  port = strtol(colon + 1, &end, 10);
+  if (errno || *end != '\0' || port < 0 || port > 65535) return -1;
+  *host_len = (size_t)(colon - addr);
+  return port;
+}
+
+bool velo_server_listen_valid(const char *listen) {
+  size_t host_len;
+  return parse_listen(listen, &host_len) >= 0;
+}
+
+velo_status velo_server_probe_listen(const char *listen, velo_error *err) {
+  struct addrinfo hints, *res = NULL, *ai;
+  char host[256], port[8];
+  size_t host_len = 0;
+  long want = parse_listen(listen, &host_len);
+  int rc, first_errno = 0;
+
+  if (want < 0 || host_len >= sizeof host)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "bad listen address '%s': expected HOST:PORT, e.g. 127.0.0.1:50051",
+                          listen ? listen : "(null)");
+  memcpy(host, listen, host_len);
+  host[host_len] = '\0';
+  if (host_len >= 2 && host[0] == '[' && host[host_len - 1] == ']') { /* [::1] */
+    memmove(host, host + 1, host_len - 2);
+    host[host_len - 2] = '\0';
+  }
+  snprintf(port, sizeof port, "%ld", want);
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "cannot listen on %s: cannot resolve '%s': %s",
+                          listen, host, gai_strerror(rc));
+  /* gRPC binds every address the name resolves to and succeeds if one
+   * works; do the same with SO_REUSEADDR as it does (not SO_REUSEPORT). */
+  for (ai = res; ai; ai = ai->ai_next) {
+    int one = 1, ok;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      if (!first_errno) first_errno = errno;
+      continue;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+    if (!ok && !first_errno) first_errno = errno;
+    close(fd);
+    if (ok) break;
+  }
+  freeaddrinfo(res);
+  if (!ai)
+    return velo_error_set(err, VELO_UNAVAILABLE, "cannot listen on %s: %s%s", listen,
+                          strerror(first_errno ? first_errno : EADDRNOTAVAIL),
+                          first_errno == EADDRINUSE ? " (is another velod running?)" : "");
+  return VELO_OK;
+}
+
+/* Shuts down and drains the queue through its threads, then destroys it. */
+static void stop_queue(velo_server *srv) {
+  grpc_completion_queue_shutdown(srv->cq);
+  for (int i = 0; i < srv->n_threads; i++) pthread_join(srv->threads[i], NULL);
+  srv->n_threads = 0;
+  grpc_completion_queue_destroy(srv->cq);
+  srv->cq = NULL;
+}
+
+/* Frees the slots' arrays and the struct (the gRPC objects are gone). */
+static void free_server(velo_server *srv) {
+  for (size_t i = 0; i < srv->n_slots; i++) {
+    grpc_metadata_array_destroy(&srv->slots[i].metadata);
+    if (srv->slots[i].method < 0) grpc_call_details_destroy(&srv->slots[i].details);
+  }
+  pthread_cond_destroy(&srv->cv);
+  pthread_mutex_destroy(&srv->mu);
+  free(srv->address);
+  free(srv);
+}
+
+velo_status velo_server_create(const velo_server_options *opts, velo_server **out,
+                               velo_error *err) {
+  velo_server *srv;
+  size_t host_len = 0;
+  int port;
+  int n_threads = opts->n_threads > 0 ? opts->n_threads : 2;
+  grpc_arg args[1];
+  grpc_channel_args channel_args;
+  grpc_server_credentials *creds;
+  pthread_condattr_t cattr;
+
+  if (n_threads > VELO_SRV_MAX_THREADS) n_threads = VELO_SRV_MAX_THREADS;
+  /* Our own test bind first: it names the reason (gRPC only logs it). */
+  if (velo_server_probe_listen(opts->listen, err) != VELO_OK)
+    return err ? err->code : VELO_UNAVAILABLE;
+  parse_listen(opts->listen, &host_len);
+
+  srv = calloc(1, sizeof *srv);
+  if (!srv) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  srv->registry = opts->registry;
+  atomic_init(&srv->shutting_down, false);
+  atomic_init(&srv->calls_in_flight, 0);
+  atomic_init(&srv->n_cancelled, 0);
+  srv->shutdown_tag.on_done = shutdown_done;
+  pthread_mutex_init(&srv->mu, NULL);
+  pthread_condattr_init(&cattr);
+  pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+  pthread_cond_init(&srv->cv, &cattr);
+  pthread_condattr_destroy(&cattr);
+
+  /* Slots, each with its arrays initialised (freed by free_server). */
+  for (int m = 0; m < VELO_SRV_METHOD_COUNT; m++)
+    for (int k = 0; k < VELO_SRV_SLOTS_PER_METHOD; k++) srv->slots[srv->n_slots++].method = m;
+  for (int k = 0; k < VELO_SRV_SLOTS_CATCH_ALL; k++) {
+    srv->slots[srv->n_slots].method = -1;
+    grpc_call_details_init(&srv->slots[srv->n_slots++].details);
+  }
+  for (size_t i = 0; i < srv->n_slots; i++) {
+    srv->slots[i].tag.on_done = slot_done;
+    srv->slots[i].srv = srv;
+    grpc_metadata_array_init(&srv->slots[i].metadata);
+  }
+
+  /* SO_REUSEPORT off: a second velod on the same port must fail, not
+   * silently take half of the connections. */
+  args[0].type = GRPC_ARG_INTEGER;
+  args[0].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+  args[0].value.integer = 0;
+  channel_args.num_args = 1;
+  channel_args.args = args;
+  srv->server = grpc_server_create(&channel_args, NULL);
+  srv->cq = grpc_completion_queue_create_for_next(NULL);
+  grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
+  for (int m = 0; m < VELO_SRV_METHOD_COUNT; m++)
+    srv->method_handle[m] = grpc_server_register_method(
+        srv->server, method_path[m], NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+
+  /* Threads first: everything that can fail comes before the bind, because
+   * a server with a listener can only be destroyed after a shutdown. */
+  for (int i = 0; i < n_threads; i++) {
+    if (pthread_create(&srv->threads[i], NULL, cq_thread, srv) != 0) break;
+    srv->n_threads++;
+  }
+  if (srv->n_threads == 0) {
+    grpc_server_destroy(srv->server);
+    stop_queue(srv);
+    free_server(srv);
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "cannot start server threads");
+  }
+
+  creds = grpc_insecure_server_credentials_create();
+  port = grpc_server_add_http2_port(srv->server, opts->listen, creds);
+  grpc_server_credentials_release(creds);
+  if (port <= 0) {
+    grpc_server_destroy(srv->server);
+    stop_queue(srv);
+    free_server(srv);
+    return velo_error_set(err, VELO_UNAVAILABLE,
+                          "cannot listen on %s: the address is in use or not available "
+                          "here (is another velod running?)",
+                          opts->listen);
+  }
+  srv->address = malloc(host_len + 8);
+  if (srv->address) snprintf(srv->address, host_len + 8, "%.*s:%d", (int)host_len, opts->listen, port);
+
+  grpc_server_start(srv->server);
+  srv->started = true;
+  for (size_t i = 0; i < srv->n_slots; i++) slot_post(&srv->slots[i]);
+  *out = srv;
+  return VELO_OK;
+}
+
+const char *velo_server_address(const velo_server *srv) {
+  return srv->address ? srv->address : "?";
+}
+
+void velo_server_begin_shutdown(velo_server *srv) {
+  if (atomic_exchange(&srv->shutting_down, true)) return;
+  grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
+}
+
+bool velo_server_wait_shutdown(velo_server *srv, int timeout_ms) {
+  struct timespec until;
+  bool done;
+
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += timeout_ms / 1000;
+  until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  /* gRPC's shutdown tag does not wait for the calls we still hold (a
+   * Generate call lives until its task's final response), so count ours
+   * too: nothing may touch the server once this returns true. */
+  pthread_mutex_lock(&srv->mu);
+  for (;;) {
+    done = srv->shutdown_done && atomic_load(&srv->calls_in_flight) == 0;
+    if (done || timeout_ms <= 0) break;
+    if (pthread_cond_timedwait(&srv->cv, &srv->mu, &until) == ETIMEDOUT) {
+      done = srv->shutdown_done && atomic_load(&srv->calls_in_flight) == 0;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return done;
+}
+
+void velo_server_cancel_all(velo_server *srv) {
+  grpc_server_cancel_all_calls(srv->server);
+}
+
+size_t velo_server_calls_in_flight(const velo_server *srv) {
+  return atomic_load(&((velo_server *)srv)->calls_in_flight);
+}
+
+uint64_t velo_server_cancelled_count(const velo_server *srv) {
+  return atomic_load(&((velo_server *)srv)->n_cancelled);
+}
+
+void velo_server_destroy(velo_server *srv) {
+  if (!srv) return;
+  if (srv->started && !velo_server_wait_shutdown(srv, 0)) {
+    /* Contract breach: shut down hard rather than destroy in the wrong order. */
+    velo_server_begin_shutdown(srv);
+    velo_server_cancel_all(srv);
+    while (!velo_server_wait_shutdown(srv, 1000)) {
+    }
+  }
+  grpc_server_destroy(srv->server);
+  srv->server = NULL;
+  stop_queue(srv);
+  free_server(srv);
+}

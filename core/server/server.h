@@ -1,0 +1,102 @@
+/*
+ * server.h - velod's gRPC front end: serves velo.v1.TextGeneration,
+ * velo.v1.Models and grpc.health.v1.Health on the gRPC core C API, mapping
+ * each call onto the model registry and the task plugins' ABI.  Any other
+ * method is answered UNIMPLEMENTED at once.
+ *
+ * It also provides the two host services that only the server can offer,
+ * velo_server_respond and velo_server_call_cancelled, which velod puts into
+ * the velo_host table (velo_host_table_init) before any plugin is loaded.
+ *
+ * Lifecycle (the order matters; see shared/PITFALLS.md):
+ *
+ *   grpc_init();                                 // by the caller, first
+ *   velo_server_create(&opts, &srv, &err);       // binds and starts serving
+ *   ... wait for SIGTERM ...
+ *   velo_server_begin_shutdown(srv);             // no new calls
+ *   while (!velo_server_wait_shutdown(srv, 100)) // in-flight calls finish
+ *     if (grace period over) velo_server_cancel_all(srv);
+ *   velo_server_destroy(srv);                    // server, then queue
+ *   velo_registry_destroy(reg); ...; grpc_shutdown();
+ *
+ * Thread-safety: create/begin_shutdown/wait/cancel_all/destroy are called by
+ * one controlling thread; respond and call_cancelled from any thread.
+ */
+#ifndef VELO_SERVER_SERVER_H
+#define VELO_SERVER_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "registry.h"
+#include "velo/plugin.h"
+
+typedef struct velo_server velo_server;
+
+typedef struct velo_server_options {
+  const char *listen;      /* "HOST:PORT" as gRPC accepts it; port 0 picks one */
+  velo_registry *registry; /* borrowed; must outlive the server */
+  int n_threads;           /* completion-queue threads, 1..4 (0: 2) */
+} velo_server_options;
+
+/* Creates the gRPC server, binds opts->listen (SO_REUSEPORT off, so a busy
+ * port is an error rather than a shared one), starts it and its
+ * completion-queue threads.  grpc_init() must have been called.
+ * Errors: INVALID_ARGUMENT for a malformed address, UNAVAILABLE when the
+ * address cannot be bound, RESOURCE_EXHAUSTED when out of memory; nothing
+ * is left running then and *out is untouched. */
+velo_status velo_server_create(const velo_server_options *opts, velo_server **out,
+                               velo_error *err);
+
+/* True when listen has the form HOST:PORT (HOST a name, an IPv4 address or
+ * a bracketed IPv6 address; PORT 0..65535).  Pure. */
+bool velo_server_listen_valid(const char *listen);
+
+/* Resolves listen and test-binds it the way gRPC will (SO_REUSEADDR, no
+ * SO_REUSEPORT), so that a busy or foreign address is reported before
+ * anything slow starts, with the system's reason: INVALID_ARGUMENT for a
+ * malformed or unresolvable address, UNAVAILABLE when no resolved address
+ * can be bound ("Address already in use").  Thread-safe; the answer can
+ * change by the time the server binds. */
+velo_status velo_server_probe_listen(const char *listen, velo_error *err);
+
+/* The address actually bound, with the real port when 0 was asked for
+ * (e.g. "127.0.0.1:41234").  Owned by the server. */
+const char *velo_server_address(const velo_server *srv);
+
+/* Stops accepting calls and asks gRPC to notify when every call in flight
+ * has ended.  Calls in flight continue.  Idempotent. */
+void velo_server_begin_shutdown(velo_server *srv);
+
+/* Waits up to timeout_ms (0: just look) for the shutdown begun above to
+ * complete; true once every call has ended. */
+bool velo_server_wait_shutdown(velo_server *srv, int timeout_ms);
+
+/* Cancels every call in flight (clients see CANCELLED; task plugins see
+ * call_cancelled() become true and stop at their next step).  Use after a
+ * grace period, between begin_shutdown and a successful wait. */
+void velo_server_cancel_all(velo_server *srv);
+
+/* Calls currently in flight (all methods), for progress messages. */
+size_t velo_server_calls_in_flight(const velo_server *srv);
+
+/* Generate calls that ended because the client cancelled, its deadline
+ * passed or the server shut down, since start. */
+uint64_t velo_server_cancelled_count(const velo_server *srv);
+
+/* Destroys the server, shuts down and drains the completion queue, joins
+ * its threads and frees everything.  Must come after a wait_shutdown that
+ * returned true.  NULL is a no-op. */
+void velo_server_destroy(velo_server *srv);
+
+/* velo_host.respond: delivers a task's response for a Generate call (see
+ * velo/plugin.h).  Copies what it needs; never blocks on the network.
+ * Returns CANCELLED when the client has gone (the response is dropped). */
+velo_status velo_server_respond(velo_call *call, const velo_response *resp);
+
+/* velo_host.call_cancelled: true once the call was cancelled by the client,
+ * its deadline passed, or the server cancelled it while shutting down. */
+bool velo_server_call_cancelled(velo_call *call);
+
+#endif

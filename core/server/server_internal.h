@@ -1,0 +1,131 @@
+/*
+ * server_internal.h - what the parts of velod's gRPC front end share:
+ * completion-queue tags, the server struct, message (de)serialisation and
+ * the one-batch way of finishing a unary call.  Not installed; only
+ * server.c, generate.c and services.c include it.
+ *
+ * Every event on the server's completion queue carries a velo_srv_tag
+ * embedded in the object it belongs to; the queue threads call its
+ * on_done with the event's success bit.  on_done runs on a queue thread
+ * and must not block.
+ */
+#ifndef VELO_SERVER_INTERNAL_H
+#define VELO_SERVER_INTERNAL_H
+
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "registry.h"
+#include "server.h"
+
+typedef struct velo_srv_tag {
+  void (*on_done)(struct velo_srv_tag *tag, bool ok);
+} velo_srv_tag;
+
+/* The registered methods. */
+typedef enum velo_srv_method {
+  VELO_SRV_GENERATE = 0,
+  VELO_SRV_TOKENIZE,
+  VELO_SRV_LIST_MODELS,
+  VELO_SRV_HEALTH_CHECK,
+  VELO_SRV_METHOD_COUNT
+} velo_srv_method;
+
+/* One outstanding "give me the next call" request.  method is a
+ * velo_srv_method, or -1 for the catch-all (unregistered methods). */
+typedef struct velo_srv_slot {
+  velo_srv_tag tag;
+  struct velo_server *srv;
+  int method;
+  grpc_call *call;
+  gpr_timespec deadline;
+  grpc_metadata_array metadata;
+  grpc_byte_buffer *payload;   /* registered methods */
+  grpc_call_details details;   /* catch-all */
+} velo_srv_slot;
+
+#define VELO_SRV_SLOTS_PER_METHOD 4
+#define VELO_SRV_SLOTS_CATCH_ALL 2
+#define VELO_SRV_MAX_THREADS 4
+
+struct velo_server {
+  grpc_server *server;
+  grpc_completion_queue *cq;
+  velo_registry *registry;
+  void *method_handle[VELO_SRV_METHOD_COUNT];
+  velo_srv_slot slots[VELO_SRV_METHOD_COUNT * VELO_SRV_SLOTS_PER_METHOD +
+                      VELO_SRV_SLOTS_CATCH_ALL];
+  size_t n_slots;
+  pthread_t threads[VELO_SRV_MAX_THREADS];
+  int n_threads;
+  char *address;               /* bound address, for logs */
+
+  velo_srv_tag shutdown_tag;
+  pthread_mutex_t mu;          /* guards shutdown_done; calls_in_flight reaching 0 */
+  pthread_cond_t cv;
+  bool shutdown_done;
+  bool started;
+  atomic_bool shutting_down;
+
+  atomic_size_t calls_in_flight;
+  atomic_uint_fast64_t n_cancelled;
+};
+
+/* The gRPC status for a velo_status (the same numbers; anything outside the
+ * gRPC range becomes UNKNOWN). */
+static inline grpc_status_code velo_srv_status(velo_status s) {
+  return ((int)s >= 0 && (int)s <= (int)VELO_UNAUTHENTICATED) ? (grpc_status_code)s
+                                                              : GRPC_STATUS_UNKNOWN;
+}
+
+/* --- server.c --------------------------------------------------------- */
+
+/* Reads a whole (possibly compressed) request payload and unpacks it with
+ * desc.  NULL when bb is NULL (no message) or the bytes are not a valid
+ * message.  bb is borrowed.  Free the result with
+ * protobuf_c_message_free_unpacked(msg, NULL). */
+ProtobufCMessage *velo_srv_unpack(grpc_byte_buffer *bb,
+                                  const ProtobufCMessageDescriptor *desc);
+
+/* Packs msg into a new byte buffer (the caller owns it: pass it to a
+ * SEND_MESSAGE op, then grpc_byte_buffer_destroy it), or NULL when out of
+ * memory. */
+grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg);
+
+/* Ends a unary call in one batch: initial metadata, the response message
+ * (when response is not NULL; ownership passes here), the status with
+ * message (may be NULL), and close-on-server.  Takes over the caller's
+ * reference to call and the call's in-flight count; everything is freed
+ * when the batch completes.  Never fails (a refused batch is logged and the
+ * call dropped, which the client sees as a cancelled call). */
+void velo_srv_finish_unary(struct velo_server *srv, grpc_call *call,
+                           grpc_byte_buffer *response, grpc_status_code code,
+                           const char *message);
+
+/* Formats "a, b, c" (or "none") into buf: the names of the loaded models. */
+void velo_srv_model_names(struct velo_server *srv, char *buf, size_t size);
+
+/* Signals one call fewer in flight.  The last thing a finished call does
+ * with the server: after it, the server may be destroyed. */
+void velo_srv_call_ended(struct velo_server *srv);
+
+/* --- generate.c ------------------------------------------------------- */
+
+/* Serves one TextGeneration/Generate call.  Takes over call (one
+ * reference), payload (destroyed here) and the in-flight count. */
+void velo_srv_handle_generate(struct velo_server *srv, grpc_call *call,
+                              gpr_timespec deadline, grpc_byte_buffer *payload);
+
+/* --- services.c ------------------------------------------------------- */
+
+/* Serve one unary call of the given method (TOKENIZE, LIST_MODELS or
+ * HEALTH_CHECK), with the same ownership as velo_srv_handle_generate. */
+void velo_srv_handle_unary(struct velo_server *srv, velo_srv_method method,
+                           grpc_call *call, grpc_byte_buffer *payload);
+
+#endif

@@ -1,0 +1,562 @@
+/*
+ * velod.c - velod's main program: parses the command line, loads the
+ * plugins and the models, serves gRPC until SIGINT or SIGTERM, then shuts
+ * down gracefully.  `velod --list-plugins` only lists what the plugin host
+ * finds.  Operations guide: docs/operations.md.
+ *
+ * Start-up order matters (shared/PITFALLS.md): SIGINT/SIGTERM are blocked
+ * before grpc_init() and before any plugin starts a thread, so that every
+ * thread inherits the mask and the main thread alone takes the signals with
+ * sigwait().  Shutdown: stop accepting calls, give calls in flight a grace
+ * period (a second signal ends it early), cancel the rest, destroy the
+ * server and its queue, then the models, the plugins, and gRPC.
+ *
+ * Exit status: 0 after a clean shutdown (or --help, --version,
+ * --list-plugins), 1 when start-up fails (model, plugin, address), 2 for a
+ * bad command line.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <grpc/grpc.h>
+#include <grpc/support/log.h>
+#include <limits.h>
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "host.h"
+#include "log.h"
+#include "plugin_host.h"
+#include "registry.h"
+#include "server.h"
+
+#ifndef VELO_VERSION
+#define VELO_VERSION "unknown"
+#endif
+
+#define LOG_SOURCE "velod"
+#define DEFAULT_LISTEN "127.0.0.1:50051"
+#define DEFAULT_MODEL_FILE "stories260K.gguf"
+#define DEFAULT_MODEL_URL \
+  "https://huggingface.co/ggml-org/models/resolve/main/tinyllamas/stories260K.gguf"
+#define SHUTDOWN_GRACE_S 5 /* seconds calls in flight get after SIGTERM */
+
+enum { EXIT_START_FAILED = 1, EXIT_USAGE = 2 };
+
+typedef struct model_arg {
+  char *name; /* NULL: derived from the file name by the registry */
+  char *path;
+} model_arg;
+
+typedef struct velod_options {
+  const char *listen;
+  model_arg *models;
+  size_t n_models;
+  const char *plugin_dir;
+  const char *backend;
+  int32_t threads;     /* 0: backend default */
+  int64_t ctx_size;    /* 0: the model's */
+  bool list_plugins;
+  velo_log_level log_level;
+} velod_options;
+
+/* ------------------------------------------------------------------ */
+/* Command line                                                        */
+/* ------------------------------------------------------------------ */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: velod [OPTION]...\n"
+          "Serve models over gRPC (velo.v1, grpc.health.v1).\n"
+          "\n"
+          "  --listen HOST:PORT      address to serve on (default " DEFAULT_LISTEN ";\n"
+          "                          port 0 picks a free port, logged at start-up)\n"
+          "  --model [NAME=]PATH     load the model file PATH and serve it as NAME\n"
+          "                          (default NAME: the file name without .gguf);\n"
+          "                          repeatable.  Without --model: models/" DEFAULT_MODEL_FILE "\n"
+          "                          of the repository, or ../shared/models/ next to it\n"
+          "  --plugin-dir DIR        look for plugins in DIR first\n"
+          "  --backend auto|NAME     compute backend (default auto: the best available,\n"
+          "                          falling back to cpu)\n"
+          "  --threads N             backend threads per model (default: the backend's)\n"
+          "  --ctx-size N            context length per sequence, in tokens\n"
+          "                          (default: the model's)\n"
+          "  --list-plugins          list the plugins found, probe them, and exit\n"
+          "  --log-level LEVEL       debug, info, warn or error (default info)\n"
+          "  --version               print the version and exit\n"
+          "  -h, --help              print this help and exit\n"
+          "\n"
+          "SIGINT or SIGTERM shuts down gracefully: calls in flight get %d s, a second\n"
+          "signal cancels them at once.  See docs/operations.md.\n",
+          SHUTDOWN_GRACE_S);
+}
+
+/* Prints "velod: <message>" and the usage to stderr, and exits 2. */
+__attribute__((format(printf, 1, 2), noreturn)) static void bad_usage(const char *fmt, ...) {
+  va_list ap;
+  fputs("velod: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputs("\n\n", stderr);
+  usage(stderr);
+  exit(EXIT_USAGE);
+}
+
+/* Parses a decimal integer in [lo, hi] for option opt, or exits 2. */
+static long long parse_int(const char *opt, const char *s, long long lo, long long hi) {
+  char *end;
+  long long v;
+  errno = 0;
+  v = strtoll(s, &end, 10);
+  if (errno || end == s || *end != '\0' || v < lo || v > hi)
+    bad_usage("%s expects an integer from %lld to %lld, got '%s'", opt, lo, hi, s);
+  return v;
+}
+
+/* Splits "[NAME=]PATH".  A '=' counts as the separator only when what is
+ * before it contains no '/', so paths with '=' in a directory name work. */
+static model_arg parse_model_arg(const char *arg) {
+  model_arg m = {NULL, NULL};
+  const char *eq = strchr(arg, '=');
+  if (eq && memchr(arg, '/', (size_t)(eq - arg)) == NULL) {
+    if (eq == arg) bad_usage("--model '%s': the name before '=' is empty", arg);
+    m.name = strndup(arg, (size_t)(eq - arg));
+    m.path = strdup(eq + 1);
+  } else {
+    m.path = strdup(arg);
+  }
+  if (!m.path || (eq && !m.name)) {
+    fputs("velod: out of memory\n", stderr);
+    exit(EXIT_START_FAILED);
+  }
+  if (m.path[0] == '\0') bad_usage("--model '%s': the path is empty", arg);
+  return m;
+}
+
+static bool parse_log_level(const char *s, velo_log_level *out) {
+  static const struct {
+    const char *name;
+    velo_log_level level;
+  } levels[] = {{"debug", VELO_LOG_DEBUG},
+                {"info", VELO_LOG_INFO},
+                {"warn", VELO_LOG_WARN},
+                {"warning", VELO_LOG_WARN},
+                {"error", VELO_LOG_ERROR}};
+  for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+    if (strcmp(s, levels[i].name) == 0) {
+      *out = levels[i].level;
+      return true;
+    }
+  return false;
+}
+
+static void print_version(void) {
+  printf("velod %s (plugin ABI %d.%d, gRPC core %s, protobuf-c %s)\n", VELO_VERSION,
+         VELO_ABI_MAJOR, VELO_ABI_MINOR, grpc_version_string(), protobuf_c_version());
+}
+
+/* Fills *o from argv, or exits (0 for --help/--version, 2 for errors). */
+static void parse_options(int argc, char **argv, velod_options *o) {
+  enum { OPT_LISTEN = 256, OPT_MODEL, OPT_PLUGIN_DIR, OPT_BACKEND, OPT_THREADS, OPT_CTX,
+         OPT_LIST, OPT_LOG_LEVEL, OPT_VERSION };
+  static const struct option longopts[] = {
+      {"listen", required_argument, NULL, OPT_LISTEN},
+      {"model", required_argument, NULL, OPT_MODEL},
+      {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
+      {"backend", required_argument, NULL, OPT_BACKEND},
+      {"threads", required_argument, NULL, OPT_THREADS},
+      {"ctx-size", required_argument, NULL, OPT_CTX},
+      {"list-plugins", no_argument, NULL, OPT_LIST},
+      {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+      {"version", no_argument, NULL, OPT_VERSION},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  int c;
+
+  memset(o, 0, sizeof *o);
+  o->listen = DEFAULT_LISTEN;
+  o->backend = "auto";
+  o->log_level = VELO_LOG_INFO;
+  opterr = 0; /* our own messages */
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+    switch (c) {
+      case OPT_LISTEN:
+        if (!velo_server_listen_valid(optarg))
+          bad_usage("--listen expects HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051), got '%s'",
+                    optarg);
+        o->listen = optarg;
+        break;
+      case OPT_MODEL: {
+        model_arg *grown = realloc(o->models, (o->n_models + 1) * sizeof *grown);
+        if (!grown) {
+          fputs("velod: out of memory\n", stderr);
+          exit(EXIT_START_FAILED);
+        }
+        o->models = grown;
+        o->models[o->n_models++] = parse_model_arg(optarg);
+        break;
+      }
+      case OPT_PLUGIN_DIR:
+        o->plugin_dir = optarg;
+        break;
+      case OPT_BACKEND:
+        if (optarg[0] == '\0') bad_usage("--backend needs a name or 'auto'");
+        o->backend = optarg;
+        break;
+      case OPT_THREADS:
+        o->threads = (int32_t)parse_int("--threads", optarg, 1, 1024);
+        break;
+      case OPT_CTX:
+        o->ctx_size = parse_int("--ctx-size", optarg, 1, INT32_MAX);
+        break;
+      case OPT_LIST:
+        o->list_plugins = true;
+        break;
+      case OPT_LOG_LEVEL:
+        if (!parse_log_level(optarg, &o->log_level))
+          bad_usage("--log-level expects debug, info, warn or error, got '%s'", optarg);
+        break;
+      case OPT_VERSION:
+        print_version();
+        exit(0);
+      case 'h':
+        usage(stdout);
+        exit(0);
+      case ':':
+        bad_usage("option '%s' needs a value", argv[optind - 1]);
+      default:
+        bad_usage("unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) bad_usage("unexpected argument '%s'", argv[optind]);
+}
+
+static void free_options(velod_options *o) {
+  for (size_t i = 0; i < o->n_models; i++) {
+    free(o->models[i].name);
+    free(o->models[i].path);
+  }
+  free(o->models);
+}
+
+/* ------------------------------------------------------------------ */
+/* The default model                                                   */
+/* ------------------------------------------------------------------ */
+
+static bool is_file(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The repository root as seen from the binary (build/bin/velod -> two
+ * levels above bin), into buf; false if /proc/self/exe is unreadable. */
+static bool repo_from_exe(char *buf, size_t size) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return false;
+  exe[n] = '\0';
+  for (int up = 0; up < 3; up++) { /* velod, bin, build */
+    char *slash = strrchr(exe, '/');
+    if (!slash) return false;
+    *slash = '\0';
+  }
+  snprintf(buf, size, "%s", exe[0] ? exe : "/");
+  return true;
+}
+
+/* Looks for stories260K.gguf in models/ of the repository (found from the
+ * binary's path, then the current directory), then in ../shared/models/
+ * next to it.  Returns a malloc'd path, or NULL after printing where to
+ * get the file. */
+static char *find_default_model(void) {
+  char roots[2][PATH_MAX];
+  size_t n_roots = 0;
+  char tried[4][PATH_MAX + 64];
+  size_t n_tried = 0;
+  const char *put_in;
+
+  if (repo_from_exe(roots[n_roots], sizeof roots[0])) n_roots++;
+  if (getcwd(roots[n_roots], sizeof roots[0]) &&
+      (n_roots == 0 || strcmp(roots[0], roots[n_roots]) != 0))
+    n_roots++;
+  for (size_t r = 0; r < n_roots; r++) {
+    snprintf(tried[n_tried], sizeof tried[0], "%s/models/" DEFAULT_MODEL_FILE, roots[r]);
+    if (is_file(tried[n_tried])) return strdup(tried[n_tried]);
+    n_tried++;
+    snprintf(tried[n_tried], sizeof tried[0], "%s/../shared/models/" DEFAULT_MODEL_FILE,
+             roots[r]);
+    if (is_file(tried[n_tried])) return strdup(tried[n_tried]);
+    n_tried++;
+  }
+
+  /* Where to put it: the repository the binary belongs to, if it is one. */
+  put_in = n_roots ? roots[0] : ".";
+  if (n_roots > 1) {
+    char probe[PATH_MAX + 32];
+    snprintf(probe, sizeof probe, "%s/CMakeLists.txt", roots[0]);
+    if (!is_file(probe)) put_in = roots[1];
+  }
+  fprintf(stderr, "velod: no --model given and the default model " DEFAULT_MODEL_FILE
+                  " was not found; looked for:\n");
+  for (size_t i = 0; i < n_tried; i++) fprintf(stderr, "  %s\n", tried[i]);
+  fprintf(stderr,
+          "Get it from Hugging Face, repository ggml-org/models, file tinyllamas/" DEFAULT_MODEL_FILE
+          ":\n"
+          "  " DEFAULT_MODEL_URL "\n"
+          "and save it as %s/models/" DEFAULT_MODEL_FILE ", e.g.\n"
+          "  mkdir -p %s/models && curl -L -o %s/models/" DEFAULT_MODEL_FILE " " DEFAULT_MODEL_URL
+          "\n"
+          "or pass --model [NAME=]PATH.\n",
+          put_in, put_in, put_in);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* --list-plugins                                                      */
+/* ------------------------------------------------------------------ */
+
+static int list_plugins(const velod_options *o) {
+  velo_host host;
+  velo_plugin_host *ph = NULL;
+  velo_plugin_host_options pho = {.plugin_dir = o->plugin_dir};
+  velo_error err;
+  size_t n;
+  const char *head[6] = {"NAME", "KIND", "VERSION", "ABI", "PATH", "PROBE"};
+  int w[5];
+
+  velo_error_init(&err);
+  velo_host_table_init(&host, NULL, NULL);
+  if (velo_plugin_host_create(&pho, &host, &ph, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot start the plugin host: %s", err.message);
+    return EXIT_START_FAILED;
+  }
+  n = velo_plugin_host_count(ph);
+
+  char (*rows)[6][512] = n ? calloc(n, sizeof *rows) : NULL;
+  if (n && !rows) {
+    velo_plugin_host_destroy(ph);
+    fputs("velod: out of memory\n", stderr);
+    return EXIT_START_FAILED;
+  }
+  for (int c = 0; c < 5; c++) w[c] = (int)strlen(head[c]);
+  for (size_t i = 0; i < n; i++) {
+    const velo_plugin *p = velo_plugin_host_get(ph, i);
+    const velo_plugin_descriptor *d = velo_plugin_descriptor_of(p);
+    char reason[400] = "";
+    velo_status st = velo_plugin_probe(p, reason, sizeof reason);
+
+    snprintf(rows[i][0], sizeof rows[i][0], "%s", d->name ? d->name : "?");
+    snprintf(rows[i][1], sizeof rows[i][1], "%s", velo_plugin_kind_name(d->kind));
+    snprintf(rows[i][2], sizeof rows[i][2], "%s", d->version ? d->version : "?");
+    snprintf(rows[i][3], sizeof rows[i][3], "%u.%u", (unsigned)d->abi_major,
+             (unsigned)d->abi_minor);
+    snprintf(rows[i][4], sizeof rows[i][4], "%s", velo_plugin_path(p));
+    if (st == VELO_OK || strncmp(reason, "unavailable", 11) == 0)
+      snprintf(rows[i][5], sizeof rows[i][5], "%s", reason[0] ? reason : "available");
+    else
+      snprintf(rows[i][5], sizeof rows[i][5], "unavailable: %s",
+               reason[0] ? reason : velo_status_name(st));
+    for (int c = 0; c < 5; c++)
+      if ((int)strlen(rows[i][c]) > w[c]) w[c] = (int)strlen(rows[i][c]);
+  }
+  printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2],
+         w[3], head[3], w[4], head[4], head[5]);
+  for (size_t i = 0; i < n; i++)
+    printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", w[0], rows[i][0], w[1], rows[i][1], w[2],
+           rows[i][2], w[3], rows[i][3], w[4], rows[i][4], rows[i][5]);
+  if (n == 0) {
+    const char *const *dirs = NULL;
+    size_t nd = velo_plugin_host_search_dirs(ph, &dirs);
+    fprintf(stderr, "velod: no plugins found; searched:");
+    for (size_t i = 0; i < nd; i++) fprintf(stderr, " %s", dirs[i]);
+    fprintf(stderr, "%s\n", nd ? "" : " (nothing)");
+  }
+  fflush(stdout);
+  free(rows);
+  velo_plugin_host_destroy(ph);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Serving                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Routes gRPC's own log lines (errors by default; GRPC_VERBOSITY raises
+ * it) into velod's log. */
+static void grpc_log_to_velo(gpr_log_func_args *a) {
+  velo_log_level level = a->severity == GPR_LOG_SEVERITY_ERROR  ? VELO_LOG_ERROR
+                         : a->severity == GPR_LOG_SEVERITY_INFO ? VELO_LOG_INFO
+                                                                : VELO_LOG_DEBUG;
+  const char *file = a->file ? strrchr(a->file, '/') : NULL;
+  velo_log(level, "grpc", "%s (%s:%d)", a->message, file ? file + 1 : (a->file ? a->file : "?"),
+           a->line);
+}
+
+/* Waits for SIGINT/SIGTERM (blocked in every thread), then shuts the server
+ * down: a grace period for calls in flight, ended early by a second
+ * signal, then cancellation of what is left. */
+static void serve_until_signal(velo_server *srv, const sigset_t *signals) {
+  int sig = 0;
+  struct timespec no_wait = {0, 0};
+  struct timespec t0, now;
+  bool cancelled = false;
+  int warnings = 0;
+  double elapsed;
+
+  while (sigwait(signals, &sig) != 0) {
+  }
+  velo_log(VELO_LOG_INFO, LOG_SOURCE,
+           "received %s: shutting down; %zu call(s) in flight get %d s to finish "
+           "(a second signal cancels them now)",
+           sig == SIGINT ? "SIGINT" : "SIGTERM", velo_server_calls_in_flight(srv),
+           SHUTDOWN_GRACE_S);
+  velo_server_begin_shutdown(srv);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  while (!velo_server_wait_shutdown(srv, 100)) {
+    int got = sigtimedwait(signals, NULL, &no_wait);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    elapsed = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (!cancelled && (got > 0 || elapsed >= SHUTDOWN_GRACE_S)) {
+      velo_log(VELO_LOG_INFO, LOG_SOURCE, "cancelling %zu call(s) still in flight",
+               velo_server_calls_in_flight(srv));
+      velo_server_cancel_all(srv);
+      cancelled = true;
+    }
+    if (cancelled && elapsed >= SHUTDOWN_GRACE_S + 5.0 * (warnings + 1)) {
+      warnings++;
+      velo_log(VELO_LOG_WARN, LOG_SOURCE,
+               "still waiting for %zu call(s) to end (a task plugin has not answered them)",
+               velo_server_calls_in_flight(srv));
+    }
+  }
+}
+
+/* Loads every model; false (after logging why) on the first failure. */
+static bool load_models(velo_registry *reg, const velod_options *o) {
+  for (size_t i = 0; i < o->n_models; i++) {
+    velo_model_spec spec = {0};
+    velo_error err;
+    velo_error_init(&err);
+    spec.name = o->models[i].name;
+    spec.path = o->models[i].path;
+    spec.backend = o->backend;
+    spec.context_length = o->ctx_size;
+    spec.n_threads = o->threads;
+    if (velo_registry_load(reg, &spec, &err) != VELO_OK) {
+      velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot load model %s: %s", o->models[i].path,
+               err.message[0] ? err.message : velo_status_name(err.code));
+      return false;
+    }
+  }
+  return true;
+}
+
+int main(int argc, char **argv) {
+  velod_options o;
+  sigset_t signals;
+  velo_host host;
+  velo_plugin_host *ph = NULL;
+  velo_plugin_host_options pho = {0};
+  velo_registry *reg = NULL;
+  velo_server *srv = NULL;
+  velo_server_options so = {0};
+  velo_error err;
+  char names[1024];
+  size_t n_models;
+  int rc = EXIT_START_FAILED;
+
+  parse_options(argc, argv, &o);
+  velo_log_set_level(o.log_level);
+  if (o.list_plugins) {
+    rc = list_plugins(&o);
+    free_options(&o);
+    return rc;
+  }
+  if (o.n_models == 0) {
+    char *path = find_default_model();
+    if (!path) {
+      free_options(&o);
+      return EXIT_START_FAILED;
+    }
+    o.models = calloc(1, sizeof *o.models);
+    if (!o.models) return EXIT_START_FAILED;
+    o.models[0].path = path;
+    o.n_models = 1;
+  }
+
+  /* Before grpc_init and any plugin thread: every thread inherits it. */
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, NULL);
+
+  gpr_set_log_function(grpc_log_to_velo);
+  grpc_init();
+  velo_log(VELO_LOG_INFO, LOG_SOURCE, "velod %s (plugin ABI %d.%d, gRPC core %s)", VELO_VERSION,
+           VELO_ABI_MAJOR, VELO_ABI_MINOR, grpc_version_string());
+
+  velo_error_init(&err);
+  /* A busy port fails now, not after minutes of model loading. */
+  if (velo_server_probe_listen(o.listen, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "%s", err.message);
+    goto out;
+  }
+  velo_host_table_init(&host, velo_server_respond, velo_server_call_cancelled);
+  pho.plugin_dir = o.plugin_dir;
+  if (velo_plugin_host_create(&pho, &host, &ph, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot start the plugin host: %s", err.message);
+    goto out;
+  }
+  if (velo_registry_create(ph, &host, &reg, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot create the model registry: %s", err.message);
+    goto out;
+  }
+  if (!load_models(reg, &o)) goto out;
+
+  so.listen = o.listen;
+  so.registry = reg;
+  so.n_threads = 2;
+  if (velo_server_create(&so, &srv, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "%s", err.message);
+    goto out;
+  }
+  {
+    velo_model_entry **list = NULL;
+    size_t used = 0;
+    n_models = velo_registry_list(reg, &list);
+    names[0] = '\0';
+    for (size_t i = 0; i < n_models; i++) {
+      if (used < sizeof names) {
+        int wr = snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                          list[i]->name);
+        if (wr > 0) used += (size_t)wr;
+      }
+      velo_model_entry_release(list[i]);
+    }
+    free(list);
+  }
+  velo_log(VELO_LOG_INFO, LOG_SOURCE, "listening on %s, serving %zu model(s): %s",
+           velo_server_address(srv), n_models, names);
+
+  serve_until_signal(srv, &signals);
+  velo_log(VELO_LOG_INFO, LOG_SOURCE, "server stopped (%llu generate call(s) were cancelled)",
+           (unsigned long long)velo_server_cancelled_count(srv));
+  rc = 0;
+
+out:
+  velo_server_destroy(srv); /* the server and its queue, before the models */
+  if (reg) velo_registry_destroy(reg);
+  velo_plugin_host_destroy(ph);
+  grpc_shutdown();
+  free_options(&o);
+  if (rc == 0) velo_log(VELO_LOG_INFO, LOG_SOURCE, "bye");
+  return rc;
+}
