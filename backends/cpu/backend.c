@@ -56,6 +56,7 @@ static velo_status cpu_probe(char *reason, size_t reason_size) {
   return VELO_OK;
 }
 
+/* device_count(): always one device, the host CPU (all its cores). */
 static int32_t cpu_device_count(void) { return 1; }
 
 /* device_info(): name from /proc/cpuinfo "model name" and the online CPU
@@ -207,6 +208,8 @@ static velo_status cpu_buffer_wrap_host(velo_backend_instance *inst, void *ptr, 
   return VELO_OK;
 }
 
+/* buffer_free(): frees owned memory (never wrapped memory) and the handle.
+ * NULL is a no-op.  inst is unused: CPU buffers belong to no instance. */
 static void cpu_buffer_free(velo_backend_instance *inst, velo_buffer *buf) {
   if (!buf) return;
   if (buf->owned) free(buf->ptr);
@@ -214,6 +217,7 @@ static void cpu_buffer_free(velo_backend_instance *inst, velo_buffer *buf) {
   free(buf);
 }
 
+/* buffer_host_ptr(): every CPU buffer is host memory; NULL only for NULL. */
 static void *cpu_buffer_host_ptr(velo_buffer *buf) { return buf ? buf->ptr : NULL; }
 
 /* Shared checks of buffer_write/read: a live CPU buffer and an in-range
@@ -231,6 +235,9 @@ static velo_status check_copy(const velo_buffer *buf, size_t offset, const void 
   return VELO_OK;
 }
 
+/* buffer_write(): copies size bytes from src to buf at offset.
+ * OUT_OF_RANGE past the end, FAILED_PRECONDITION for wrapped (read-only)
+ * memory, INVALID_ARGUMENT for a bad handle; nothing is written on error. */
 static velo_status cpu_buffer_write(velo_backend_instance *inst, velo_buffer *buf, size_t offset,
                                     const void *src, size_t size, velo_error *err) {
   velo_status st = check_copy(buf, offset, src, size, "buffer_write", err);
@@ -242,6 +249,8 @@ static velo_status cpu_buffer_write(velo_backend_instance *inst, velo_buffer *bu
   return VELO_OK;
 }
 
+/* buffer_read(): copies size bytes of buf at offset to dst; errors as
+ * buffer_write (wrapped memory may be read). */
 static velo_status cpu_buffer_read(velo_backend_instance *inst, velo_buffer *buf, size_t offset,
                                    void *dst, size_t size, velo_error *err) {
   velo_status st = check_copy(buf, offset, dst, size, "buffer_read", err);
@@ -250,6 +259,8 @@ static velo_status cpu_buffer_read(velo_backend_instance *inst, velo_buffer *buf
   return VELO_OK;
 }
 
+/* supports(): the structural checks of compute() (op, dtypes, shapes,
+ * parameters) without looking at data.  Thread-safe. */
 static bool cpu_supports(velo_backend_instance *inst, const velo_graph_node *node) {
   return node && node->struct_size >= sizeof(velo_graph_node) &&
          velo_cpu_node_check(node, 0, NULL) == VELO_OK;

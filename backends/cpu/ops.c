@@ -75,8 +75,10 @@ static velo_status node_fail(velo_error *err, velo_status code, size_t index, in
 /* Tensor helpers                                                       */
 /* ------------------------------------------------------------------ */
 
+/* Rows of a tensor (ne1*ne2*ne3); shapes are checked to keep it small. */
 static int64_t n_rows(const velo_tensor *t) { return t->ne[1] * t->ne[2] * t->ne[3]; }
 
+/* Elements of a tensor. */
 static int64_t n_elements(const velo_tensor *t) { return t->ne[0] * n_rows(t); }
 
 /* Address of flat row r (see the top of the file). */
@@ -97,12 +99,14 @@ static int32_t i32_at(const velo_tensor *t, int64_t i) {
   return v;
 }
 
+/* True when all four ne agree. */
 static bool same_shape(const velo_tensor *a, const velo_tensor *b) {
   for (int i = 0; i < VELO_MAX_DIMS; i++)
     if (a->ne[i] != b->ne[i]) return false;
   return true;
 }
 
+/* A dtype's name for messages, "unknown" for an unknown id. */
 static const char *dtype_str(int dtype) {
   const char *s = velo_dtype_name(dtype);
   return s ? s : "unknown";
@@ -401,6 +405,7 @@ static velo_status scratch_reserve(velo_backend_instance *inst, size_t size, siz
 /* Kernels.  Each is fn(arg, ith, nth) for velo_cpu_pool_run.           */
 /* ------------------------------------------------------------------ */
 
+/* What a kernel needs besides the node; on the caller's stack for one run. */
 typedef struct op_args {
   const velo_graph_node *node;
   const velo_cpu_vec *vec;

@@ -83,6 +83,8 @@ struct velo_call {
 /* Freeing and references                                              */
 /* ------------------------------------------------------------------ */
 
+/* Frees the messages still waiting to be sent.  Caller holds mu (or owns
+ * the call alone). */
 static void drop_queue_locked(velo_call *gc) {
   while (gc->head) {
     out_msg *m = gc->head;
@@ -215,6 +217,7 @@ static void finish_call(velo_call *gc, grpc_status_code code, const char *messag
 /* Cancellation                                                        */
 /* ------------------------------------------------------------------ */
 
+/* Seconds elapsed since t0 (CLOCK_MONOTONIC). */
 static double seconds_since(const struct timespec *t0) {
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
@@ -276,6 +279,7 @@ static char *copy_string(const char *p, size_t len) {
   return s;
 }
 
+/* v saturated to the int32 range (the proto's usage fields). */
 static int32_t clamp_i32(int64_t v) {
   return v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v;
 }

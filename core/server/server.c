@@ -256,6 +256,7 @@ static void *cq_thread(void *arg) {
   return NULL;
 }
 
+/* The shutdown tag: gRPC has ended every call it knows of. */
 static void shutdown_done(velo_srv_tag *tag, bool ok) {
   velo_server *srv = (velo_server *)((char *)tag - offsetof(velo_server, shutdown_tag));
   (void)ok;
@@ -287,7 +288,7 @@ bool velo_server_listen_valid(const char *listen) {
 
 velo_status velo_server_probe_listen(const char *listen, velo_error *err) {
   struct addrinfo hints, *res = NULL, *ai;
-  char host[256], port[8];
+  char host[256], port[24];
   size_t host_len = 0;
   long want = parse_listen(listen, &host_len);
   int rc, first_errno = 0;

@@ -71,6 +71,7 @@ typedef struct velod_options {
 /* Command line                                                        */
 /* ------------------------------------------------------------------ */
 
+/* Prints the usage text to f. */
 static void usage(FILE *f) {
   fprintf(f,
           "Usage: velod [OPTION]...\n"
@@ -141,6 +142,7 @@ static model_arg parse_model_arg(const char *arg) {
   return m;
 }
 
+/* Maps a --log-level word to *out; false (and *out untouched) if unknown. */
 static bool parse_log_level(const char *s, velo_log_level *out) {
   static const struct {
     const char *name;
@@ -158,6 +160,7 @@ static bool parse_log_level(const char *s, velo_log_level *out) {
   return false;
 }
 
+/* Prints the version line on stdout. */
 static void print_version(void) {
   printf("velod %s (plugin ABI %d.%d, gRPC core %s, protobuf-c %s)\n", VELO_VERSION,
          VELO_ABI_MAJOR, VELO_ABI_MINOR, grpc_version_string(), protobuf_c_version());
@@ -239,6 +242,7 @@ static void parse_options(int argc, char **argv, velod_options *o) {
   if (optind < argc) bad_usage("unexpected argument '%s'", argv[optind]);
 }
 
+/* Frees what parse_options (and the default-model lookup) allocated. */
 static void free_options(velod_options *o) {
   for (size_t i = 0; i < o->n_models; i++) {
     free(o->models[i].name);
@@ -251,9 +255,16 @@ static void free_options(velod_options *o) {
 /* The default model                                                   */
 /* ------------------------------------------------------------------ */
 
+/* True if path names a regular file (following links). */
 static bool is_file(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* A malloc'd absolute path without "..", or a copy of path if that fails. */
+static char *canonical(const char *path) {
+  char *real = realpath(path, NULL);
+  return real ? real : strdup(path);
 }
 
 /* The repository root as seen from the binary (build/bin/velod -> two
@@ -289,11 +300,11 @@ static char *find_default_model(void) {
     n_roots++;
   for (size_t r = 0; r < n_roots; r++) {
     snprintf(tried[n_tried], sizeof tried[0], "%s/models/" DEFAULT_MODEL_FILE, roots[r]);
-    if (is_file(tried[n_tried])) return strdup(tried[n_tried]);
+    if (is_file(tried[n_tried])) return canonical(tried[n_tried]);
     n_tried++;
     snprintf(tried[n_tried], sizeof tried[0], "%s/../shared/models/" DEFAULT_MODEL_FILE,
              roots[r]);
-    if (is_file(tried[n_tried])) return strdup(tried[n_tried]);
+    if (is_file(tried[n_tried])) return canonical(tried[n_tried]);
     n_tried++;
   }
 
@@ -323,6 +334,9 @@ static char *find_default_model(void) {
 /* --list-plugins                                                      */
 /* ------------------------------------------------------------------ */
 
+/* --list-plugins: loads the plugins (without gRPC), prints the table on
+ * stdout, unloads them.  Returns the exit status (0; 1 if the plugin host
+ * cannot start). */
 static int list_plugins(const velod_options *o) {
   velo_host host;
   velo_plugin_host *ph = NULL;
@@ -451,8 +465,11 @@ static bool load_models(velo_registry *reg, const velod_options *o) {
     spec.context_length = o->ctx_size;
     spec.n_threads = o->threads;
     if (velo_registry_load(reg, &spec, &err) != VELO_OK) {
-      velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot load model %s: %s", o->models[i].path,
-               err.message[0] ? err.message : velo_status_name(err.code));
+      if (!err.message[0]) snprintf(err.message, sizeof err.message, "%s", velo_status_name(err.code));
+      if (strstr(err.message, spec.path)) /* the message names the file already */
+        velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot load model: %s", err.message);
+      else
+        velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot load model %s: %s", spec.path, err.message);
       return false;
     }
   }
@@ -487,7 +504,10 @@ int main(int argc, char **argv) {
       return EXIT_START_FAILED;
     }
     o.models = calloc(1, sizeof *o.models);
-    if (!o.models) return EXIT_START_FAILED;
+    if (!o.models) {
+      free(path);
+      return EXIT_START_FAILED;
+    }
     o.models[0].path = path;
     o.n_models = 1;
   }
@@ -497,6 +517,7 @@ int main(int argc, char **argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, NULL);
+  signal(SIGPIPE, SIG_IGN); /* a closed stderr or socket must not kill the server */
 
   gpr_set_log_function(grpc_log_to_velo);
   grpc_init();
@@ -514,6 +535,18 @@ int main(int argc, char **argv) {
   if (velo_plugin_host_create(&pho, &host, &ph, &err) != VELO_OK) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot start the plugin host: %s", err.message);
     goto out;
+  }
+  if (velo_plugin_host_count(ph) == 0) {
+    const char *const *dirs = NULL;
+    size_t nd = velo_plugin_host_search_dirs(ph, &dirs);
+    char where[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < nd && used < sizeof where; i++) {
+      int wr = snprintf(where + used, sizeof where - used, "%s%s", i ? ", " : "", dirs[i]);
+      if (wr > 0) used += (size_t)wr;
+    }
+    velo_log(VELO_LOG_WARN, LOG_SOURCE, "no plugins found; searched: %s (use --plugin-dir DIR)",
+             nd ? where : "nothing");
   }
   if (velo_registry_create(ph, &host, &reg, &err) != VELO_OK) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot create the model registry: %s", err.message);

@@ -248,7 +248,7 @@ static const char *take_token(velo_model *m, seq *s, int32_t id, velo_status *st
 /* Advances s by one step.  Returns true when s has ended (and was freed). */
 static bool seq_step(velo_model *m, seq *s) {
   if (m->host->call_cancelled(s->call)) {
-    m->host->log(VELO_LOG_INFO, SRC, "model %s: request %llu cancelled after %lld generated tokens",
+    m->host->log(VELO_LOG_INFO, SRC, "model %s: request %llu cancelled after %lld tokens, KV cache freed",
                  m->name, (unsigned long long)s->serial, (long long)s->n_gen);
     seq_fail(m, s, VELO_CANCELLED, "the request was cancelled");
     return true;
@@ -292,7 +292,7 @@ static bool seq_step(velo_model *m, seq *s) {
   }
   if (!reason) return false;
   if (strcmp(reason, "cancelled") == 0) {
-    m->host->log(VELO_LOG_INFO, SRC, "model %s: request %llu cancelled after %lld generated tokens",
+    m->host->log(VELO_LOG_INFO, SRC, "model %s: request %llu cancelled after %lld tokens, KV cache freed",
                  m->name, (unsigned long long)s->serial, (long long)s->n_gen);
     seq_fail(m, s, VELO_CANCELLED, "the request was cancelled");
     return true;

@@ -9,6 +9,11 @@
  * once) and a weight array are kept between calls and grown when a larger
  * vocabulary shows up.  Softmax weights are computed in double, relative to
  * the largest logit, so no logit range or temperature can overflow them.
+ * Sorting is avoided where the result does not need it: greedy is a scan,
+ * top-k selects with a heap of k, top-p first finds (with a histogram of
+ * the probability mass by logit) which candidates can be in the set and
+ * sorts only those, min-p alone is a filter.  Without top-k/top-p the draw
+ * walks the candidates in id order.
  */
 #include "sampling.h"
 
@@ -16,6 +21,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* top-p histogram: HIST_PER_UNIT buckets per unit of logit below the
+ * maximum; everything further down than the last bucket shares it. */
+#define HIST_BUCKETS 2048
+#define HIST_PER_UNIT 32.0
 
 typedef struct cand {
   float logit;
@@ -33,7 +43,13 @@ struct velo_sampler {
   double *w;     /* [cap] weights of the candidates */
   uint8_t *mark; /* [cap] "already penalized" flags, all 0 between calls */
   size_t cap;
+  double hist_mass[HIST_BUCKETS]; /* top-p scratch */
 };
+
+static size_t bucket_of(float max, float logit) {
+  double d = ((double)max - (double)logit) * HIST_PER_UNIT;
+  return d < HIST_BUCKETS - 1 ? (size_t)d : HIST_BUCKETS - 1; /* also inf */
+}
 
 /* ------------------------------------------------------------------ */
 /* Random numbers                                                       */
@@ -233,22 +249,29 @@ static void select_top_k(cand *c, size_t n, size_t k) {
   qsort(c, k, sizeof *c, cand_cmp);
 }
 
-/* Steps 2-5 on s->c[0..n) after step 1.  Leaves the candidate set sorted
- * in s->c[0..return) with normalized final probabilities in s->w. */
-static size_t filter(velo_sampler *s, size_t n) {
+/* Steps 2-5 on s->c[0..n) after step 1.  Leaves the candidate set in
+ * s->c[0..return) with normalized final probabilities in s->w; the set is
+ * sorted (best first) if top-k or top-p ran or `sort` is set, otherwise it
+ * is in id order.  Sorting is only done as far as needed: top-k selects
+ * with a heap, top-p sorts a growing top slice until it holds the mass p,
+ * min-p alone filters without sorting. */
+static size_t filter(velo_sampler *s, size_t n, bool sort) {
   cand *c = s->c;
   double *w = s->w;
   const velo_sampler_params *p = &s->p;
+  size_t n_sorted = 0; /* c[0..n_sorted) are the best of c[0..n), sorted */
 
-  /* 2. top-k (and the sort everything below relies on). */
+  /* 2. top-k. */
   if (p->top_k > 0 && (size_t)p->top_k < n) {
     select_top_k(c, n, (size_t)p->top_k);
-    n = (size_t)p->top_k;
-  } else {
-    qsort(c, n, sizeof *c, cand_cmp);
+    n = n_sorted = (size_t)p->top_k;
   }
-  float max = c[0].logit;
+  size_t best = 0;
+  for (size_t i = 1; i < n; i++)
+    if (before(&c[i], &c[best])) best = i;
+  float max = c[best].logit;
   if (max == -INFINITY) { /* nothing is possible: the lowest id */
+    c[0] = c[best];
     w[0] = 1.0;
     return 1;
   }
@@ -257,25 +280,65 @@ static size_t filter(velo_sampler *s, size_t n) {
   if (p->top_p < 1.0f) {
     double sum = 0.0;
     for (size_t i = 0; i < n; i++) sum += (w[i] = exp((double)c[i].logit - max));
-    double target = (double)p->top_p * sum, cum = 0.0;
-    size_t keep = n;
-    for (size_t i = 0; i < n; i++) {
-      cum += w[i];
+    double target = (double)p->top_p * sum;
+    if (n_sorted < n) {
+      /* Histogram of the mass by distance below the max logit: the set is
+       * inside the buckets that first reach the target, so only those
+       * candidates need sorting. */
+      memset(s->hist_mass, 0, sizeof s->hist_mass);
+      for (size_t i = 0; i < n; i++) {
+        s->hist_mass[bucket_of(max, c[i].logit)] += w[i];
+      }
+      size_t last = HIST_BUCKETS - 1;
+      double cum = 0.0;
+      for (size_t b = 0; b < HIST_BUCKETS; b++) {
+        cum += s->hist_mass[b];
+        if (cum >= target) {
+          last = b;
+          break;
+        }
+      }
+      size_t m = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (bucket_of(max, c[i].logit) <= last) {
+          cand t = c[m];
+          c[m++] = c[i];
+          c[i] = t;
+        }
+      }
+      qsort(c, m, sizeof *c, cand_cmp);
+      n_sorted = m;
+    }
+    size_t keep = n_sorted; /* if rounding keeps the sum short: all of it */
+    double cum = 0.0;
+    for (size_t i = 0; i < n_sorted; i++) {
+      cum += exp((double)c[i].logit - max);
       if (cum >= target) {
         keep = i + 1;
         break;
       }
     }
-    n = keep;
+    n = n_sorted = keep;
   }
 
-  /* 4. min-p: p_i >= min_p * p_max  <=>  logit_i >= max + ln(min_p). */
+  /* 4. min-p: p_i >= min_p * p_max  <=>  logit_i >= max + ln(min_p).  The
+   * best candidate always stays. */
   if (p->min_p > 0.0f) {
     float thr = max + logf(p->min_p);
-    size_t keep = 1; /* the top candidate always stays */
-    while (keep < n && c[keep].logit >= thr) keep++;
-    n = keep;
+    if (n_sorted == n) {
+      size_t keep = 1;
+      while (keep < n && c[keep].logit >= thr) keep++;
+      n = n_sorted = keep;
+    } else {
+      cand top = c[best];
+      size_t keep = 0;
+      for (size_t i = 0; i < n; i++)
+        if (c[i].logit >= thr) c[keep++] = c[i];
+      if (keep == 0) c[keep++] = top;
+      n = keep;
+    }
   }
+  if (sort && n_sorted < n) qsort(c, n, sizeof *c, cand_cmp);
 
   /* 5. temperature, and the final normalized weights. */
   double t = p->temperature, sum = 0.0;
@@ -291,7 +354,7 @@ int32_t velo_sampler_sample(velo_sampler *s, const float *logits, int32_t n_voca
   load_and_penalize(s, logits, n_vocab);
   if (greedy(s)) return argmax(s->c, n_vocab);
 
-  size_t n = filter(s, (size_t)n_vocab);
+  size_t n = filter(s, (size_t)n_vocab, false);
   /* 6. draw: the first candidate whose cumulative probability exceeds u. */
   double u = next_double(s), cum = 0.0;
   for (size_t i = 0; i < n; i++) {
@@ -315,7 +378,7 @@ size_t velo_sampler_candidates(velo_sampler *s, const float *logits, int32_t n_v
     }
     return 1;
   }
-  size_t n = filter(s, (size_t)n_vocab);
+  size_t n = filter(s, (size_t)n_vocab, true);
   for (size_t i = 0; i < n && i < cap; i++) {
     if (ids) ids[i] = s->c[i].id;
     if (probs) probs[i] = (float)s->w[i];

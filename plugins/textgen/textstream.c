@@ -14,6 +14,9 @@
  * completed stop string, and otherwise computes how much of the tail to
  * hold back.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem, clock_gettime */
+#endif
 #include "textstream.h"
 
 #include <stdlib.h>
@@ -210,7 +213,7 @@ velo_status velo_stop_matcher_feed(velo_stop_matcher *m, const char *text, size_
   if (best_end != SIZE_MAX) {
     m->stopped = true;
     m->held = 0;
-    *out = m->buf;
+    *out = m->buf; /* not NULL: a match means n > 0 */
     *out_len = best_start;
     *stopped = true;
     return VELO_OK;
@@ -219,7 +222,7 @@ velo_status velo_stop_matcher_feed(velo_stop_matcher *m, const char *text, size_
   size_t hold = hold_length(m, m->buf, n);
   m->hold_off = n - hold;
   m->held = hold;
-  *out = m->buf;
+  *out = m->buf ? m->buf : "";
   *out_len = n - hold;
   return VELO_OK;
 }

@@ -30,6 +30,9 @@
  * Piece -> id lookups use an open-addressing hash table over the token
  * texts (FNV-1a).  All strings are copied out of the GGUF mapping.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem, clock_gettime */
+#endif
 #include "tokenizer.h"
 
 #include <ctype.h>

@@ -18,6 +18,9 @@
  * Prints "tokenizer: N checks passed" and exits 0, or lists the failures and
  * exits 1.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem, clock_gettime */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
