@@ -185,6 +185,12 @@ static bool try_load(velo_plugin_host *ph, const char *path) {
   ph->n_plugins++;
   velo_log(VELO_LOG_DEBUG, SRC, "loaded %s plugin '%s' %s from %s", velo_plugin_kind_name(d->kind),
            name, d->version ? d->version : "", path);
+  /* A backend that cannot run here stays listed (--list-plugins shows its
+   * probe result) but is never chosen; say so now, with the reason. */
+  char reason[256];
+  if (velo_plugin_probe(p, reason, sizeof reason) != VELO_OK)
+    velo_log(VELO_LOG_WARN, SRC, "%s plugin '%s' (%s) is unavailable and will not be used: %s",
+             velo_plugin_kind_name(d->kind), name, path, reason);
   return true;
 }
 
