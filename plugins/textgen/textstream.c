@@ -15,7 +15,7 @@
  * hold back.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem, clock_gettime */
+#define _GNU_SOURCE /* memmem */
 #endif
 #include "textstream.h"
 

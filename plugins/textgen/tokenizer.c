@@ -31,7 +31,7 @@
  * texts (FNV-1a).  All strings are copied out of the GGUF mapping.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem, clock_gettime */
+#define _GNU_SOURCE /* memmem */
 #endif
 #include "tokenizer.h"
 

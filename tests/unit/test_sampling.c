@@ -10,7 +10,7 @@
  * exits 1.  (The shared data folder argument is accepted and unused.)
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem, clock_gettime */
+#define _GNU_SOURCE /* clock_gettime */
 #endif
 #include <float.h>
 #include <math.h>

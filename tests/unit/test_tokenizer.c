@@ -26,10 +26,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "gguf.h" /* core: velo_gguf_reader */
 #include "tokenizer.h"
-
-/* The host's reader (core/gguf.c). */
-extern const velo_gguf_api velo_gguf_reader;
 
 static int n_checks, n_failed;
 
