@@ -195,7 +195,7 @@ static velo_status cpu_buffer_alloc(velo_backend_instance *inst, size_t size, ve
 
 /* buffer_wrap_host(): borrows [ptr, ptr+size) read-only; the backend never
  * writes to it (buffer_write and a dst inside it are refused) nor frees it. */
-static velo_status cpu_buffer_wrap_host(velo_backend_instance *inst, void *ptr, size_t size,
+static velo_status cpu_buffer_wrap_host(velo_backend_instance *inst, const void *ptr, size_t size,
                                         velo_buffer **out, velo_error *err) {
   if (!out) return velo_error_set(err, VELO_INVALID_ARGUMENT, "cpu: buffer_wrap_host without out");
   *out = NULL;
@@ -203,7 +203,7 @@ static velo_status cpu_buffer_wrap_host(velo_backend_instance *inst, void *ptr, 
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "cpu: buffer_wrap_host of NULL");
   velo_buffer *buf = malloc(sizeof *buf);
   if (!buf) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "cpu: out of memory");
-  *buf = (velo_buffer){.magic = VELO_CPU_BUFFER_MAGIC, .owned = false, .ptr = ptr, .size = size};
+  *buf = (velo_buffer){.magic = VELO_CPU_BUFFER_MAGIC, .owned = false, .ptr = (void *)ptr, .size = size};
   *out = buf;
   return VELO_OK;
 }

@@ -749,8 +749,10 @@ velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_
     case VELO_OP_ATTENTION: {
       const velo_tensor *pos = node->src[3];
       int64_t max_kv = 1;
-      for (int64_t i = 0; i < n_elements(pos); i++)
-        if (i32_at(pos, i) + 1 > max_kv) max_kv = i32_at(pos, i) + 1;
+      for (int64_t i = 0; i < n_elements(pos); i++) {
+        int64_t n_kv = (int64_t)i32_at(pos, i) + 1; /* positions checked >= 0 */
+        max_kv = n_kv > max_kv ? n_kv : max_kv;
+      }
       int nth = threads_for(inst, (double)n_rows(s0) * (double)max_kv * 2.0 * s0->ne[0]);
       args.scratch_per_thread = (max_kv + 15) / 16 * 16; /* keep threads' rows apart */
       st = scratch_reserve(inst, (size_t)nth * (size_t)args.scratch_per_thread * sizeof(float),

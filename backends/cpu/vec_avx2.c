@@ -11,12 +11,13 @@
  *    _mm256_round_ps(nearest), which is nearbyintf under the default mode.
  * The functions are compiled for AVX2 through target attributes, so the rest
  * of the library stays baseline x86-64; they are reached only through the
- * table, which is handed out only after a run-time CPU check.
+ * table, which is handed out only after a run-time CPU check (CPUID).
  */
 #include "vec_avx2.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define VELO_AVX2 __attribute__((target("avx2,f16c")))
@@ -181,13 +182,23 @@ static const velo_cpu_vec avx2_vec = {
     .dot_q4_0_q8_0 = dot_q4_0_q8_0_avx2,
 };
 
-/* See vec_avx2.h.  __builtin_cpu_supports checks that the OS saves the
- * YMM state too. */
-const velo_cpu_vec *velo_cpu_vec_avx2(void) {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return &avx2_vec;
-  return NULL;
+/* True when the CPU has AVX, AVX2 and F16C and the OS saves the YMM
+ * registers (CPUID leaves 1 and 7, XGETBV), read directly because not every
+ * compiler's __builtin_cpu_supports knows "f16c". */
+static bool cpu_has_avx2_f16c(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const unsigned osxsave = 1u << 27, avx = 1u << 28, f16c = 1u << 29;
+  if ((c & (osxsave | avx | f16c)) != (osxsave | avx | f16c)) return false;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 6u) != 6u) return false; /* XMM and YMM state enabled */
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (b & (1u << 5)) != 0; /* AVX2 */
 }
+
+/* See vec_avx2.h. */
+const velo_cpu_vec *velo_cpu_vec_avx2(void) { return cpu_has_avx2_f16c() ? &avx2_vec : NULL; }
 
 #else /* not x86-64 GCC/Clang */
 

@@ -240,7 +240,7 @@ static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, in
                           tname ? tname : "unknown");
   velo_buffer *b = NULL;
   if (m->be->buffer_wrap_host) {
-    st = m->be->buffer_wrap_host(m->inst, (void *)ti.data, ti.size, &b, err);
+    st = m->be->buffer_wrap_host(m->inst, ti.data, ti.size, &b, err);
   } else {
     st = m->be->buffer_alloc(m->inst, ti.size, &b, err);
     if (st == VELO_OK) {

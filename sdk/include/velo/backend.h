@@ -106,7 +106,13 @@ typedef struct velo_graph_node {
 } velo_graph_node;
 
 /* A graph: nodes executed in array order (each node may read the dst of
- * any earlier node).  Borrowed by compute() until it returns. */
+ * any earlier node).  Borrowed by compute() until it returns.
+ * nodes is an array of n_nodes nodes, each nodes[0].struct_size bytes
+ * apart (all nodes of a graph have the same struct_size), so a backend
+ * built against an older minor version steps through a newer host's array
+ * correctly.
+ * Aliasing: the element-wise ops (MUL, ADD, SWIGLU) may have dst == src0
+ * (in place); for every other op dst must not overlap any source. */
 typedef struct velo_graph {
   uint32_t struct_size; /* sizeof(velo_graph) */
   size_t n_nodes;
@@ -155,11 +161,13 @@ typedef struct velo_backend_iface {
    * cannot).  Contents are undefined.  Freed with buffer_free(). */
   velo_status (*buffer_alloc)(velo_backend_instance *inst, size_t size, velo_buffer **out,
                               velo_error *err);
-  /* Optional (NULL: unsupported).  Wraps caller memory (e.g. a read-only
-   * memory-mapped model file) as a buffer without copying; the memory must
-   * outlive the buffer.  Backends that cannot use host memory directly
-   * leave this NULL and the caller allocates and uploads instead. */
-  velo_status (*buffer_wrap_host)(velo_backend_instance *inst, void *ptr, size_t size,
+  /* Optional (NULL: unsupported).  Wraps read-only caller memory (e.g. a
+   * memory-mapped model file) as a buffer without copying: the backend
+   * never writes to it (buffer_write and a node dst inside it are errors)
+   * and never frees it; the memory must outlive the buffer.  Backends that
+   * cannot use host memory directly leave this NULL and the caller
+   * allocates and uploads instead. */
+  velo_status (*buffer_wrap_host)(velo_backend_instance *inst, const void *ptr, size_t size,
                                   velo_buffer **out, velo_error *err);
   /* Frees a buffer; NULL is a no-op. */
   void (*buffer_free)(velo_backend_instance *inst, velo_buffer *buf);
