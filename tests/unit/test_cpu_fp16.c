@@ -14,18 +14,9 @@
 
 #include "cpu_kernels.h"
 
-static int g_checks, g_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    g_checks++;                                                           \
-    if (!(cond)) {                                                        \
-      g_failed++;                                                         \
-      fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
@@ -203,10 +194,5 @@ int main(void) {
   test_special_values();
   test_random_rounding();
   test_row_variants();
-  if (g_failed) {
-    printf("cpu: %d of %d checks FAILED\n", g_failed, g_checks);
-    return 1;
-  }
-  printf("cpu: %d checks passed\n", g_checks);
-  return 0;
+  return check_summary("cpu");
 }

@@ -24,18 +24,9 @@
 #include "cpu_backend.h"
 #include "cpu_kernels.h"
 
-static int g_checks, g_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    g_checks++;                                                           \
-    if (!(cond)) {                                                        \
-      g_failed++;                                                         \
-      fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+
 
 static uint64_t g_rng = 0x0123456789abcdefull;
 
@@ -849,10 +840,5 @@ int main(void) {
   free_tensors();
 
   for (int k = 0; k < N_INST; k++) B->close(g_inst[k]);
-  if (g_failed) {
-    printf("cpu: %d of %d checks FAILED\n", g_failed, g_checks);
-    return 1;
-  }
-  printf("cpu: %d checks passed\n", g_checks);
-  return 0;
+  return check_summary("cpu");
 }

@@ -17,18 +17,9 @@
 
 #include "cpu_backend.h"
 
-static int g_checks, g_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    g_checks++;                                                           \
-    if (!(cond)) {                                                        \
-      g_failed++;                                                         \
-      fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+
 
 static double now_ms(void) {
   struct timespec ts;
@@ -136,10 +127,5 @@ int main(void) {
       }
   }
   B->close(inst);
-  if (g_failed) {
-    printf("cpu: %d of %d checks FAILED\n", g_failed, g_checks);
-    return 1;
-  }
-  printf("cpu: %d checks passed\n", g_checks);
-  return 0;
+  return check_summary("cpu");
 }

@@ -24,18 +24,9 @@
 #include "cpu_backend.h"
 #include "velo/plugin.h"
 
-static int g_checks, g_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    g_checks++;                                                           \
-    if (!(cond)) {                                                        \
-      g_failed++;                                                         \
-      fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+
 
 /* Lists the module's exported symbols with nm -D: exactly one velo_ symbol,
  * velo_plugin_entry. */
@@ -279,10 +270,5 @@ int main(void) {
     }
     CHECK(dlclose(so) == 0, "dlclose: %s", dlerror());
   }
-  if (g_failed) {
-    printf("cpu: %d of %d checks FAILED\n", g_failed, g_checks);
-    return 1;
-  }
-  printf("cpu: %d checks passed\n", g_checks);
-  return 0;
+  return check_summary("cpu");
 }

@@ -18,18 +18,9 @@
 
 #include "cpu_kernels.h"
 
-static int g_checks, g_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    g_checks++;                                                           \
-    if (!(cond)) {                                                        \
-      g_failed++;                                                         \
-      fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+
 
 static uint64_t g_rng = 0x243f6a8885a308d3ull;
 
@@ -312,10 +303,5 @@ int main(void) {
   test_quantize_random();
   test_block_dots();
   test_float_dots();
-  if (g_failed) {
-    printf("cpu: %d of %d checks FAILED\n", g_failed, g_checks);
-    return 1;
-  }
-  printf("cpu: %d checks passed\n", g_checks);
-  return 0;
+  return check_summary("cpu");
 }

@@ -28,6 +28,8 @@
 
 #include "velo/gguf.h"
 
+#include "check.h"
+
 /* The reader's table (core/gguf.h); declared here so the test uses exactly
  * what plugins get. */
 extern const velo_gguf_api velo_gguf_reader;
@@ -41,19 +43,7 @@ static const velo_gguf_api *api = &velo_gguf_reader;
 /* Checks                                                              */
 /* ------------------------------------------------------------------ */
 
-static long n_checks, n_failed;
 
-/* Counts one check; on failure prints where and a formatted reason. */
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    n_checks++;                                                       \
-    if (!(cond)) {                                                    \
-      n_failed++;                                                     \
-      fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                                   \
-      fputc('\n', stderr);                                            \
-    }                                                                 \
-  } while (0)
 
 /* ------------------------------------------------------------------ */
 /* A growable byte buffer and a GGUF writer                            */
@@ -922,7 +912,7 @@ static void test_truncations(void) {
     api->close(g);
   }
   CHECK(bad == 0, "%ld of %zu truncations misbehaved", bad, b.n);
-  n_checks += (long)b.n; /* one check per truncated length */
+  check_count += (long)b.n; /* one check per truncated length */
   wb_free(&b);
 }
 
@@ -1148,7 +1138,7 @@ static void test_random_flips(void) {
     }
   }
   CHECK(n_bad_open == 0, "%d of %d changed files misbehaved", n_bad_open, N);
-  n_checks += N;
+  check_count += N;
   printf("gguf: random changes: %d of %d files still valid\n", n_ok, N);
   free(c);
   wb_free(&b);
@@ -1161,7 +1151,7 @@ int main(int argc, char **argv) {
 
   if (stat(shared, &sb) != 0) {
     fprintf(stderr, "test_gguf: shared data folder %s: %s\n", shared, strerror(errno));
-    n_failed++;
+    check_failed++;
   } else {
     test_stories(shared);
     test_dir(shared, "models", false);
@@ -1177,10 +1167,5 @@ int main(int argc, char **argv) {
   test_random_flips();
 
   tmp_cleanup();
-  if (n_failed) {
-    printf("gguf: %ld of %ld checks FAILED\n", n_failed, n_checks);
-    return 1;
-  }
-  printf("gguf: %ld checks passed\n", n_checks);
-  return 0;
+  return check_summary("gguf");
 }

@@ -33,18 +33,9 @@
 #include "llama.h"
 #include "textgen.h"
 
-static int checks, failures;
+#include "check.h"
 
-#define CHECK(cond, ...)                        \
-  do {                                          \
-    checks++;                                   \
-    if (!(cond)) {                              \
-      failures++;                               \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);             \
-      fputc('\n', stderr);                      \
-    }                                           \
-  } while (0)
+
 
 typedef struct record {
   int prompt;
@@ -206,6 +197,5 @@ int main(int argc, char **argv) {
   run_model(&host, inst, argv[1], "stories260K.gguf", "f32");
   run_model(&host, inst, argv[1], "stories260K-q8_0.gguf", "q8_0");
   velo_cpu_iface.close(inst);
-  printf("model_reference: %d passed, %d failed\n", checks - failures, failures);
-  return failures ? 1 : 0;
+  return check_summary("model_reference");
 }

@@ -21,18 +21,9 @@
 
 #include "sampling.h"
 
-static int n_checks, n_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    n_checks++;                                            \
-    if (!(cond)) {                                         \
-      n_failed++;                                          \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                        \
-      fputc('\n', stderr);                                 \
-    }                                                      \
-  } while (0)
+
 
 static velo_sampler *make(float temp, int32_t top_k, float top_p, float min_p, float pen,
                           int32_t last_n, uint64_t seed) {
@@ -435,10 +426,5 @@ int main(int argc, char **argv) {
   test_penalty();
   test_robustness();
   test_speed();
-  if (n_failed) {
-    printf("sampling: %d of %d checks FAILED\n", n_failed, n_checks);
-    return 1;
-  }
-  printf("sampling: %d checks passed\n", n_checks);
-  return 0;
+  return check_summary("sampling");
 }

@@ -17,18 +17,9 @@
 #include "textstream.h"
 #include "tokenizer.h" /* velo_utf8_validate */
 
-static int n_checks, n_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    n_checks++;                                            \
-    if (!(cond)) {                                         \
-      n_failed++;                                          \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                        \
-      fputc('\n', stderr);                                 \
-    }                                                      \
-  } while (0)
+
 
 #define FFFD "\xEF\xBF\xBD"
 
@@ -348,10 +339,5 @@ int main(int argc, char **argv) {
   test_utf8_fuzz();
   test_stop_cases();
   test_stop_fuzz();
-  if (n_failed) {
-    printf("textstream: %d of %d checks FAILED\n", n_failed, n_checks);
-    return 1;
-  }
-  printf("textstream: %d checks passed\n", n_checks);
-  return 0;
+  return check_summary("textstream");
 }

@@ -29,18 +29,9 @@
 #include "gguf.h" /* core: velo_gguf_reader */
 #include "tokenizer.h"
 
-static int n_checks, n_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    n_checks++;                                            \
-    if (!(cond)) {                                         \
-      n_failed++;                                          \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                        \
-      fputc('\n', stderr);                                 \
-    }                                                      \
-  } while (0)
+
 
 static char *read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -914,10 +905,5 @@ int main(int argc, char **argv) {
   test_stories(shared);
   test_unimplemented(shared);
   test_shared_spm(shared);
-  if (n_failed) {
-    printf("tokenizer: %d of %d checks FAILED\n", n_failed, n_checks);
-    return 1;
-  }
-  printf("tokenizer: %d checks passed\n", n_checks);
-  return 0;
+  return check_summary("tokenizer");
 }
