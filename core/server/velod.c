@@ -284,13 +284,14 @@ static bool repo_from_exe(char *buf, size_t size) {
 }
 
 /* Looks for stories260K.gguf in models/ of the repository (found from the
- * binary's path, then the current directory), then in ../shared/models/
- * next to it.  Returns a malloc'd path, or NULL after printing where to
+ * binary's path, then the current directory, then the source tree velod was
+ * built from, for build trees outside the repository), then in
+ * ../shared/models/ next to it.  Returns a malloc'd path, or NULL after printing where to
  * get the file. */
 static char *find_default_model(void) {
-  char roots[2][PATH_MAX];
+  char roots[3][PATH_MAX];
   size_t n_roots = 0;
-  char tried[4][PATH_MAX + 64];
+  char tried[6][PATH_MAX + 64];
   size_t n_tried = 0;
   const char *put_in;
 
@@ -298,6 +299,10 @@ static char *find_default_model(void) {
   if (getcwd(roots[n_roots], sizeof roots[0]) &&
       (n_roots == 0 || strcmp(roots[0], roots[n_roots]) != 0))
     n_roots++;
+  snprintf(roots[n_roots], sizeof roots[0], "%s", VELO_SOURCE_DIR);
+  bool seen = false;
+  for (size_t r = 0; r < n_roots; r++) seen = seen || strcmp(roots[r], roots[n_roots]) == 0;
+  if (!seen) n_roots++;
   for (size_t r = 0; r < n_roots; r++) {
     snprintf(tried[n_tried], sizeof tried[0], "%s/models/" DEFAULT_MODEL_FILE, roots[r]);
     if (is_file(tried[n_tried])) return canonical(tried[n_tried]);
