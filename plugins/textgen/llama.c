@@ -443,6 +443,15 @@ static velo_graph_node *node(llama_model *m, velo_op op, velo_tensor *dst, velo_
   return n;
 }
 
+/* dst = RoPE(src) at positions pos, with the model's rope settings. */
+static void rope_node(llama_model *m, velo_tensor *dst, velo_tensor *src, velo_tensor *pos) {
+  velo_graph_node *n = node(m, VELO_OP_ROPE, dst, src, pos);
+  n->iparams[0] = (int32_t)m->hp.n_rot;
+  n->iparams[1] = m->hp.rope_mode;
+  n->fparams[0] = m->hp.rope_freq_base;
+  n->fparams[1] = m->hp.rope_freq_scale;
+}
+
 velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, int32_t n_tok,
                           int64_t pos0, float *logits, velo_error *err) {
   const llama_hparams *hp = &m->hp;
@@ -492,16 +501,8 @@ velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, i
     velo_tensor *k3 = view(m, S, m->off_k, VELO_DTYPE_F32, 3, HD, NKV, B);
     velo_tensor *qr = view(m, S, m->off_qr, VELO_DTYPE_F32, 3, HD, NH, B);
     velo_tensor *kr = view(m, S, m->off_kr, VELO_DTYPE_F32, 3, HD, NKV, B);
-    velo_graph_node *n = node(m, VELO_OP_ROPE, qr, q3, p);
-    n->iparams[0] = (int32_t)hp->n_rot;
-    n->iparams[1] = hp->rope_mode;
-    n->fparams[0] = hp->rope_freq_base;
-    n->fparams[1] = hp->rope_freq_scale;
-    n = node(m, VELO_OP_ROPE, kr, k3, p);
-    n->iparams[0] = (int32_t)hp->n_rot;
-    n->iparams[1] = hp->rope_mode;
-    n->fparams[0] = hp->rope_freq_base;
-    n->fparams[1] = hp->rope_freq_scale;
+    rope_node(m, qr, q3, p);
+    rope_node(m, kr, k3, p);
     /* Store K and V of the new tokens in their cache slots. */
     size_t slot_bytes = (size_t)(NKV * HD) * sizeof(float);
     size_t k_off = (size_t)(2 * l) * kv->layer_bytes, v_off = k_off + kv->layer_bytes;
@@ -513,7 +514,7 @@ velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, i
     velo_tensor *kcache = view(m, kv->buf, k_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_ctx);
     velo_tensor *vcache = view(m, kv->buf, v_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_ctx);
     velo_tensor *attn3 = view(m, S, m->off_attn, VELO_DTYPE_F32, 3, HD, NH, B);
-    n = node(m, VELO_OP_ATTENTION, attn3, qr, kcache);
+    velo_graph_node *n = node(m, VELO_OP_ATTENTION, attn3, qr, kcache);
     n->src[2] = vcache;
     n->src[3] = p;
     n->fparams[0] = kq_scale;

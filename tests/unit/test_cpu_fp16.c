@@ -16,8 +16,6 @@
 
 #include "check.h"
 
-
-
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
 /* xorshift64*: deterministic pseudo-random 64-bit values. */

@@ -26,8 +26,6 @@
 
 #include "check.h"
 
-
-
 static uint64_t g_rng = 0x0123456789abcdefull;
 
 /* xorshift64*: deterministic pseudo-random 64-bit values. */

@@ -19,8 +19,6 @@
 
 #include "check.h"
 
-
-
 static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -26,8 +26,6 @@
 
 #include "check.h"
 
-
-
 /* Lists the module's exported symbols with nm -D: exactly one velo_ symbol,
  * velo_plugin_entry. */
 static void test_exports(void) {

@@ -20,8 +20,6 @@
 
 #include "check.h"
 
-
-
 static uint64_t g_rng = 0x243f6a8885a308d3ull;
 
 /* xorshift64*: deterministic pseudo-random 64-bit values. */

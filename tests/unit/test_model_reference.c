@@ -35,8 +35,6 @@
 
 #include "check.h"
 
-
-
 typedef struct record {
   int prompt;
   char field[64];

@@ -23,8 +23,6 @@
 
 #include "check.h"
 
-
-
 static velo_sampler *make(float temp, int32_t top_k, float top_p, float min_p, float pen,
                           int32_t last_n, uint64_t seed) {
   velo_sampler_params p;

@@ -31,8 +31,6 @@
 
 #include "check.h"
 
-
-
 static char *read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
