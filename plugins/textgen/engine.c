@@ -61,6 +61,7 @@ typedef struct velo_model {
   velo_tokenizer *tok;
   llama_model *llama;
   int64_t n_ctx;
+  size_t max_token_bytes; /* longest token text in the vocabulary */
   float *logits; /* n_vocab, engine thread only */
   velo_io_desc inputs[1];
   velo_io_desc outputs[2];
@@ -275,9 +276,13 @@ static bool seq_step(velo_model *m, seq *s) {
     if (st == VELO_OK) s->n_past++;
   }
   if (st != VELO_OK) {
-    m->host->log(VELO_LOG_ERROR, SRC, "model %s: request %llu failed: %s", m->name,
-                 (unsigned long long)s->serial, err.message);
-    seq_fail(m, s, st, err.message);
+    /* The request was validated at submit: a failure here is the server's
+     * (backend or model), never the client's. */
+    char msg[VELO_ERROR_MESSAGE_MAX + 64];
+    snprintf(msg, sizeof msg, "model computation failed: %s", err.message);
+    m->host->log(VELO_LOG_ERROR, SRC, "model %s: request %llu: %s", m->name,
+                 (unsigned long long)s->serial, msg);
+    seq_fail(m, s, st == VELO_RESOURCE_EXHAUSTED ? st : VELO_INTERNAL, msg);
     return true;
   }
   int32_t id = velo_sampler_sample(s->sampler, m->logits, (int32_t)llama_model_hparams(m->llama)->n_vocab);
@@ -409,13 +414,24 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
     model_free(m);
     return st;
   }
+  const char *gtype;
+  size_t gtype_len;
+  velo_error e2;
+  velo_error_init(&e2);
+  if (host->gguf->get_string(m->gguf, "general.type", &gtype, &gtype_len, &e2) == VELO_OK &&
+      gtype_len == 7 && memcmp(gtype, "adapter", 7) == 0) {
+    model_free(m);
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "%s is an adapter (general.type = adapter), not a model; serve its base "
+                          "model instead (adapters are not supported yet)", cfg->path);
+  }
   st = velo_tokenizer_load(host->gguf, m->gguf, &m->tok, err);
   if (st != VELO_OK) {
     m->tok = NULL;
     char msg[VELO_ERROR_MESSAGE_MAX];
     snprintf(msg, sizeof msg, "%s", err ? err->message : "");
     model_free(m);
-    return velo_error_set(err, st, "%s: tokenizer: %s", cfg->path, msg);
+    return velo_error_set(err, st, "%s: %s", cfg->path, msg);
   }
   st = llama_model_load(host, m->gguf, cfg->backend, cfg->backend_instance, &m->llama, err);
   if (st != VELO_OK) {
@@ -432,6 +448,25 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
                           cfg->path, nv, (long long)hp->n_vocab);
   }
   m->n_ctx = cfg->context_length > 0 ? cfg->context_length : hp->n_ctx_train;
+  if (m->n_ctx < 2) {
+    int64_t n = m->n_ctx;
+    model_free(m);
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "%s: a context length of %lld tokens leaves no room to generate; it must "
+                          "be >= 2", cfg->path, (long long)n);
+  }
+  if (m->n_ctx > hp->n_ctx_train)
+    host->log(VELO_LOG_WARN, SRC,
+              "model %s: context length %lld is beyond the %lld tokens it was trained for; output "
+              "past that may be poor", m->name, (long long)m->n_ctx, (long long)hp->n_ctx_train);
+  /* Longest token text: no token covers more prompt bytes, so a prompt of
+   * more than n_ctx * max bytes cannot fit and is refused before tokenizing. */
+  for (int32_t i = 0; i < velo_tokenizer_n_vocab(m->tok); i++) {
+    size_t len;
+    velo_tokenizer_token_text(m->tok, i, &len);
+    if (len > m->max_token_bytes) m->max_token_bytes = len;
+  }
+  if (m->max_token_bytes < 1) m->max_token_bytes = 1;
   m->logits = malloc((size_t)hp->n_vocab * sizeof(float));
   if (!m->logits || !m->name) {
     model_free(m);
@@ -485,9 +520,20 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
                         "continue; give a prompt of at least one character", m->name);
     goto fail;
   }
+  if (p.prompt_len / m->max_token_bytes >= (size_t)m->n_ctx) {
+    st = velo_error_set(err, VELO_INVALID_ARGUMENT,
+                        "the prompt is %zu bytes, at least %zu tokens, but the context length of "
+                        "model '%s' is %lld tokens: a prompt may have at most %lld",
+                        p.prompt_len, p.prompt_len / m->max_token_bytes, m->name,
+                        (long long)m->n_ctx, (long long)(m->n_ctx - 1));
+    goto fail;
+  }
   st = velo_tokenizer_encode(m->tok, p.prompt, p.prompt_len, true, &s->prompt, &s->n_prompt, err);
   if (st != VELO_OK) {
     s->prompt = NULL;
+    char msg[VELO_ERROR_MESSAGE_MAX];
+    snprintf(msg, sizeof msg, "%s", err ? err->message : "");
+    velo_error_set(err, st, "prompt: %s", msg);
     goto fail;
   }
   if (s->n_prompt == 0) {
@@ -496,9 +542,9 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
   }
   if ((int64_t)s->n_prompt >= m->n_ctx) {
     st = velo_error_set(err, VELO_INVALID_ARGUMENT,
-                        "the prompt is %zu tokens, but the context length of model '%s' is %lld "
+                        "the prompt is %zu token%s, but the context length of model '%s' is %lld "
                         "tokens: a prompt may have at most %lld",
-                        s->n_prompt, m->name, (long long)m->n_ctx, (long long)(m->n_ctx - 1));
+                        s->n_prompt, s->n_prompt == 1 ? "" : "s", m->name, (long long)m->n_ctx, (long long)(m->n_ctx - 1));
     goto fail;
   }
   int64_t room = m->n_ctx - (int64_t)s->n_prompt;

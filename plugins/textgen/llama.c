@@ -112,6 +112,13 @@ static velo_status read_hparams(llama_model *m, velo_error *err) {
   hp->arch[arch_len] = '\0';
 
   velo_status st;
+  int64_t n_expert = 0;
+  if ((st = get_int_key(m, "expert_count", false, 0, &n_expert, err))) return st;
+  if (n_expert > 0)
+    return velo_error_set(err, VELO_UNIMPLEMENTED,
+                          "%s: mixture-of-experts models (%s.expert_count = %lld) are not supported "
+                          "yet; dense llama models are",
+                          m->gg->path(m->g), hp->arch, (long long)n_expert);
   if ((st = get_int_key(m, "context_length", true, 0, &hp->n_ctx_train, err)) ||
       (st = get_int_key(m, "embedding_length", true, 0, &hp->n_embd, err)) ||
       (st = get_int_key(m, "block_count", true, 0, &hp->n_layer, err)) ||
@@ -142,13 +149,17 @@ static velo_status read_hparams(llama_model *m, velo_error *err) {
     return bad_hparam(m, err, "context_length", hp->n_ctx_train, "must be >= 1");
   hp->head_dim = hp->n_embd / hp->n_head;
   if ((st = get_int_key(m, "rope.dimension_count", false, hp->head_dim, &hp->n_rot, err))) return st;
-  if (hp->n_rot < 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
+  if (hp->n_rot < 2 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
     return bad_hparam(m, err, "rope.dimension_count", hp->n_rot,
-                      "must be even and at most the head dimension");
-  if (!(hp->rms_eps > 0.0f) || !(hp->rope_freq_base > 0.0f) || !(scale_linear > 0.0f))
+                      "must be even, >= 2 and at most the head dimension");
+  if (!(hp->rms_eps > 0.0f && isfinite(hp->rms_eps)) ||
+      !(hp->rope_freq_base > 0.0f && isfinite(hp->rope_freq_base)) ||
+      !(scale_linear > 0.0f && isfinite(scale_linear)))
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                          "%s: rms epsilon, rope.freq_base and rope.scaling.factor must be > 0",
-                          m->gg->path(m->g));
+                          "%s: %s.attention.layer_norm_rms_epsilon (%g), rope.freq_base (%g) and "
+                          "rope.scaling.factor (%g) must be finite and > 0",
+                          m->gg->path(m->g), hp->arch, (double)hp->rms_eps,
+                          (double)hp->rope_freq_base, (double)scale_linear);
   hp->rope_freq_scale = 1.0f / scale_linear;
   hp->rope_mode = VELO_ROPE_NORMAL;
   return VELO_OK;
@@ -199,6 +210,25 @@ static bool backend_takes(llama_model *m, velo_op op, const velo_tensor *w) {
   return m->be->supports(m->inst, &n);
 }
 
+/* Lists the weight dtypes the backend multiplies, for error messages:
+ * tries each known dtype on w's shape. */
+static void supported_types(llama_model *m, const velo_tensor *w, char *out, size_t cap) {
+  size_t o = 0;
+  out[0] = '\0';
+  for (int dt = 0; dt < VELO_DTYPE_COUNT; dt++) {
+    const char *name = velo_dtype_name(dt);
+    velo_tensor probe;
+    int64_t ne[2] = {w->ne[0], w->ne[1]};
+    memset(&probe, 0, sizeof probe);
+    if (!name || !velo_tensor_set_shape(&probe, (velo_dtype)dt, 2, ne)) continue;
+    if (!backend_takes(m, VELO_OP_MUL_MAT, &probe)) continue;
+    int n = snprintf(out + o, cap - o, "%s%s", o ? ", " : "", name);
+    if (n < 0 || (size_t)n >= cap - o) break;
+    o += (size_t)n;
+  }
+  if (!o) snprintf(out, cap, "none for this row length");
+}
+
 /* Finds tensor name, checks its dtype class and shape [ne0, ne1] (ne1 = 0
  * for a vector), and makes it available to the backend. */
 static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, int64_t ne1,
@@ -234,10 +264,13 @@ static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, in
     return velo_error_set(err, VELO_UNIMPLEMENTED, "%s: tensor '%s' has unsupported type %s", path, name,
                           tname ? tname : "unknown");
   t->name = NULL;
-  if (!norm && !backend_takes(m, VELO_OP_MUL_MAT, t))
+  if (!norm && !backend_takes(m, VELO_OP_MUL_MAT, t)) {
+    char can[256];
+    supported_types(m, t, can, sizeof can);
     return velo_error_set(err, VELO_UNIMPLEMENTED,
-                          "%s: tensor '%s' has type %s, which the backend cannot multiply", path, name,
-                          tname ? tname : "unknown");
+                          "%s: tensor '%s' has type %s, which the backend cannot multiply (it can: %s)",
+                          path, name, tname ? tname : "unknown", can);
+  }
   velo_buffer *b = NULL;
   if (m->be->buffer_wrap_host) {
     st = m->be->buffer_wrap_host(m->inst, ti.data, ti.size, &b, err);

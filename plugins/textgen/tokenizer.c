@@ -37,6 +37,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,6 +107,25 @@ size_t velo_utf8_validate(const char *text, size_t len) {
 }
 
 /* Length of the UTF-8 sequence that starts with byte c (valid input). */
+
+/* Renders untrusted file text for an error message: printable ASCII as is,
+ * every other byte as \xNN, at most 32 input bytes (then "...").  out must
+ * hold 4 * 32 + 4 bytes.  Returns out. */
+static const char *quote_text(const char *s, size_t len, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < len && i < 32; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"') out[o++] = (char)c;
+    else o += (size_t)sprintf(out + o, "\\x%02X", c);
+  }
+  if (len > 32) {
+    memcpy(out + o, "...", 3);
+    o += 3;
+  }
+  out[o] = '\0';
+  return out;
+}
+
 static size_t utf8_seq_len(unsigned char c) {
   if (c < 0x80) return 1;
   if (c < 0xE0) return 2;
@@ -353,10 +373,12 @@ static velo_status load_vocab(const velo_gguf_api *api, const velo_gguf *g, velo
   for (int32_t i = 0; i < n; i++) {
     const tok_entry *t = &tok->tokens[i];
     if (t->type == VELO_TOKEN_BYTE && byte_of_text(tok->text_blob + t->text_off, t->text_len) < 0)
+    {
+      char q[4 * 32 + 4];
       return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                            "tokenizer: token %d has type byte but its text \"%.*s\" is not <0xXX>",
-                            (int)i, (int)(t->text_len > 32 ? 32 : t->text_len),
-                            tok->text_blob + t->text_off);
+                            "tokenizer: token %d has type byte but its text \"%s\" is not <0xXX>",
+                            (int)i, quote_text(tok->text_blob + t->text_off, t->text_len, q));
+    }
   }
   return VELO_OK;
 }
@@ -516,11 +538,13 @@ velo_status velo_tokenizer_load(const velo_gguf_api *api, const velo_gguf *g,
                           KEY_MODEL);
   if (api->get_string(g, KEY_MODEL, &model, &model_len, &e) != VELO_OK)
     return key_error(err, KEY_MODEL, &e);
-  if (model_len != 5 || memcmp(model, "llama", 5) != 0)
+  if (model_len != 5 || memcmp(model, "llama", 5) != 0) {
+    char q[4 * 32 + 4];
     return velo_error_set(err, VELO_UNIMPLEMENTED,
-                          "tokenizer: %s \"%.*s\" is not supported (only \"llama\", "
+                          "tokenizer: %s \"%s\" is not supported (only \"llama\", "
                           "SentencePiece BPE, is)",
-                          KEY_MODEL, (int)(model_len > 64 ? 64 : model_len), model);
+                          KEY_MODEL, quote_text(model, model_len, q));
+  }
 
   /* The token count. */
   int64_t ki = api->find_key(g, KEY_TOKENS);
@@ -794,10 +818,13 @@ static velo_status spm_fragment(const velo_tokenizer *tok, spm_scratch *s, const
       unsigned char c = (unsigned char)p[k];
       int32_t bid = tok->byte_id[c] >= 0 ? tok->byte_id[c] : tok->unk;
       if (bid < 0)
+      {
+        char q[4 * 32 + 4];
         return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                              "tokenizer: the character \"%.*s\" has no token, and the "
+                              "tokenizer: the character \"%s\" has no token, and the "
                               "vocabulary has neither byte tokens nor an unknown token",
-                              (int)y->n, p);
+                              quote_text(p, (size_t)y->n, q));
+      }
       if (!vec_push(out, bid)) goto oom;
       if (tok->byte_id[c] < 0) break; /* one unknown token per character */
     }
