@@ -18,7 +18,7 @@ set -eu
 #   libltdl-dev                                the plugin loader
 #   python3 python3-grpcio python3-protobuf    end-to-end tests (run by /usr/bin/python3)
 #   python3-numpy python3-pytest
-#   valgrind                                   memory checks by hand (docs/operations.md)
+#   valgrind                                   memory checks by hand (not run by the suite)
 PACKAGES="
 build-essential
 cmake
