@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <ltdl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@ struct velo_plugin_host {
   velo_plugin *plugins;
   size_t n_plugins, cap_plugins;
   char *dirs[MAX_DIRS];
+  const char *dir_origin[MAX_DIRS]; /* "--plugin-dir", "VELO_PLUGIN_PATH", or NULL: a default */
   size_t n_dirs;
 };
 
@@ -48,13 +50,19 @@ const char *velo_plugin_kind_name(velo_plugin_kind kind) {
   return "unknown";
 }
 
-/* Adds dir to the search list unless it is empty or already there. */
-static void add_dir(velo_plugin_host *ph, const char *dir) {
+/* Adds dir to the search list unless it is empty or already there.
+ * origin (a static string) names where an explicitly given directory came
+ * from, so that a missing one is reported; NULL for the default locations,
+ * which may legitimately be missing.  A directory given both ways keeps
+ * its first origin. */
+static void add_dir(velo_plugin_host *ph, const char *dir, const char *origin) {
   if (!dir || !*dir || ph->n_dirs == MAX_DIRS) return;
   for (size_t i = 0; i < ph->n_dirs; i++)
     if (strcmp(ph->dirs[i], dir) == 0) return;
   char *copy = strdup(dir);
-  if (copy) ph->dirs[ph->n_dirs++] = copy;
+  if (!copy) return;
+  ph->dir_origin[ph->n_dirs] = origin;
+  ph->dirs[ph->n_dirs++] = copy;
 }
 
 /* The directory of the running binary joined with rel, or NULL. */
@@ -85,6 +93,58 @@ static int cmp_str(const void *a, const void *b) {
 static bool is_plugin_name(const char *name) {
   size_t n = strlen(name);
   return strncmp(name, "libvelo-", 8) == 0 && n > 11 && strcmp(name + n - 3, ".so") == 0;
+}
+
+/* Appends "; " (unless first) and a formatted problem to why[0..size),
+ * keeping it NUL-terminated; *used counts what is there. */
+__attribute__((format(printf, 4, 5))) static void add_problem(char *why, size_t size, size_t *used,
+                                                            const char *fmt, ...) {
+  va_list ap;
+  int w;
+
+  if (*used >= size) return;
+  if (*used) {
+    w = snprintf(why + *used, size - *used, "; ");
+    if (w > 0) *used += (size_t)w;
+    if (*used >= size) return;
+  }
+  va_start(ap, fmt);
+  w = vsnprintf(why + *used, size - *used, fmt, ap);
+  va_end(ap);
+  if (w > 0) *used += (size_t)w;
+}
+
+/* Checks the members of a descriptor whose size and ABI version are
+ * already known to be right.  True when usable; otherwise why (size >= 1)
+ * gets every member that is wrong, e.g. "no name", "kind backend but no
+ * backend table" or "backend table struct_size 40 < 112 expected", joined
+ * by "; ". */
+static bool descriptor_ok(const velo_plugin_descriptor *d, char *why, size_t size) {
+  size_t used = 0;
+
+  why[0] = '\0';
+  if (!d->name || !d->name[0]) add_problem(why, size, &used, "no name");
+  switch (d->kind) {
+    case VELO_PLUGIN_BACKEND:
+      if (!d->backend)
+        add_problem(why, size, &used, "kind backend but no backend table");
+      else if (d->backend->struct_size < sizeof(velo_backend_iface))
+        add_problem(why, size, &used, "backend table struct_size %u < %zu expected",
+                    (unsigned)d->backend->struct_size, sizeof(velo_backend_iface));
+      break;
+    case VELO_PLUGIN_TASK:
+      if (!d->task)
+        add_problem(why, size, &used, "kind task but no task table");
+      else if (d->task->struct_size < offsetof(velo_task_iface, get_extension))
+        add_problem(why, size, &used, "task table struct_size %u < %zu expected",
+                    (unsigned)d->task->struct_size, offsetof(velo_task_iface, get_extension));
+      break;
+    default:
+      add_problem(why, size, &used, "unknown kind %d (backend is %d, task %d)", (int)d->kind,
+                  (int)VELO_PLUGIN_BACKEND, (int)VELO_PLUGIN_TASK);
+      break;
+  }
+  return used == 0;
 }
 
 /* Tries one file; on any failure logs path + reason and returns false. */
@@ -133,13 +193,10 @@ static bool try_load(velo_plugin_host *ph, const char *path) {
     return false;
   }
   const char *name = d->name ? d->name : "";
-  bool kind_ok = (d->kind == VELO_PLUGIN_BACKEND && d->backend &&
-                  d->backend->struct_size >= sizeof(velo_backend_iface)) ||
-                 (d->kind == VELO_PLUGIN_TASK && d->task &&
-                  d->task->struct_size >= offsetof(velo_task_iface, get_extension));
-  if (!*name || !kind_ok) {
-    velo_log(VELO_LOG_WARN, SRC, "skipping %s: malformed descriptor (name '%s', kind %d)", path,
-             name, (int)d->kind);
+  char why[256];
+  if (!descriptor_ok(d, why, sizeof why)) {
+    velo_log(VELO_LOG_WARN, SRC, "skipping %s: malformed descriptor (name '%s', kind %d): %s", path,
+             name, (int)d->kind, why);
     lt_dlclose(h);
     return false;
   }
@@ -194,12 +251,19 @@ static bool try_load(velo_plugin_host *ph, const char *path) {
   return true;
 }
 
-/* Loads every libvelo-*.so in dir, in name order.  A missing dir is fine. */
-static void scan_dir(velo_plugin_host *ph, const char *dir) {
+/* Loads every libvelo-*.so in dir, in name order.  A missing default
+ * directory (origin NULL) is fine; a missing or unreadable explicit one
+ * (origin names the option or variable) is logged as a warning. */
+static void scan_dir(velo_plugin_host *ph, const char *dir, const char *origin) {
   DIR *d = opendir(dir);
   if (!d) {
-    if (errno != ENOENT)
-      velo_log(VELO_LOG_WARN, SRC, "cannot read plugin directory %s: %s", dir, strerror(errno));
+    int e = errno;
+    if (origin && (e == ENOENT || e == ENOTDIR))
+      velo_log(VELO_LOG_WARN, SRC, "plugin directory %s (from %s) %s: ignored", dir, origin,
+               e == ENOENT ? "does not exist" : "is not a directory");
+    else if (e != ENOENT)
+      velo_log(VELO_LOG_WARN, SRC, "cannot read plugin directory %s%s%s%s: %s", dir,
+               origin ? " (from " : "", origin ? origin : "", origin ? ")" : "", strerror(e));
     return;
   }
   char **names = NULL;
@@ -238,24 +302,24 @@ velo_status velo_plugin_host_create(const velo_plugin_host_options *opts, const 
     free(ph);
     return velo_error_set(err, VELO_INTERNAL, "libltdl failed to start: %s", lt_dlerror());
   }
-  if (opts && opts->plugin_dir) add_dir(ph, opts->plugin_dir);
+  if (opts && opts->plugin_dir) add_dir(ph, opts->plugin_dir, "--plugin-dir");
   const char *env = getenv("VELO_PLUGIN_PATH");
   if (env && !(opts && opts->skip_env)) {
     char *copy = strdup(env), *save = NULL;
     for (char *tok = copy ? strtok_r(copy, ":", &save) : NULL; tok; tok = strtok_r(NULL, ":", &save))
-      add_dir(ph, tok);
+      add_dir(ph, tok, "VELO_PLUGIN_PATH");
     free(copy);
   }
   if (!(opts && opts->skip_defaults)) {
     char *rel = exe_relative(VELO_PLUGIN_RELATIVE_DIR);
-    add_dir(ph, rel);
+    add_dir(ph, rel, NULL);
     free(rel);
     rel = exe_relative("../lib/velo");
-    add_dir(ph, rel);
+    add_dir(ph, rel, NULL);
     free(rel);
-    add_dir(ph, VELO_PLUGIN_INSTALL_DIR);
+    add_dir(ph, VELO_PLUGIN_INSTALL_DIR, NULL);
   }
-  for (size_t i = 0; i < ph->n_dirs; i++) scan_dir(ph, ph->dirs[i]);
+  for (size_t i = 0; i < ph->n_dirs; i++) scan_dir(ph, ph->dirs[i], ph->dir_origin[i]);
   *out = ph;
   return VELO_OK;
 }

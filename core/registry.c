@@ -16,12 +16,16 @@
 #include <string.h>
 
 #include "log.h"
+#include "velo/text.h"
 
 #define SRC "models"
 
 typedef struct entry {
   velo_model_entry pub; /* first: the public view */
   atomic_int refs;
+  pthread_rwlock_t lock;  /* read: submit/tokenize; write: unload */
+  velo_model *model;      /* NULL once unloaded (under the write lock) */
+  atomic_bool unloading;
   const velo_backend_iface *backend;
   velo_backend_instance *backend_instance;
   struct entry *next;
@@ -32,6 +36,8 @@ struct velo_registry {
   const velo_host *host;
   pthread_mutex_t lock;
   entry *head;
+  char **loading; /* names being loaded (so a second load of one is refused) */
+  size_t n_loading;
 };
 
 velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host, velo_registry **out,
@@ -45,9 +51,26 @@ velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host, ve
   return VELO_OK;
 }
 
-static void entry_free(entry *e) {
-  if (e->pub.model) e->pub.task->model_unload(e->pub.model);
+/* Unloads the plugin model and closes the backend instance, under the
+ * write lock: no request is inside the plugin meanwhile. */
+static void entry_unload_model(entry *e) {
+  pthread_rwlock_wrlock(&e->lock);
+  if (e->model) e->pub.task->model_unload(e->model);
+  e->model = NULL;
   if (e->backend_instance) e->backend->close(e->backend_instance);
+  e->backend_instance = NULL;
+  pthread_rwlock_unlock(&e->lock);
+}
+
+static void entry_free(entry *e) {
+  entry_unload_model(e);
+  pthread_rwlock_destroy(&e->lock);
+  for (size_t i = 0; i < e->pub.n_inputs; i++) free((char *)e->pub.inputs[i].name);
+  for (size_t i = 0; i < e->pub.n_outputs; i++) free((char *)e->pub.outputs[i].name);
+  free(e->pub.inputs);
+  free(e->pub.outputs);
+  free(e->pub.platform);
+  free(e->pub.architecture);
   free(e->pub.name);
   free(e->pub.path);
   free(e->pub.task_name);
@@ -58,10 +81,58 @@ static void entry_free(entry *e) {
 void velo_model_entry_release(velo_model_entry *pub) {
   if (!pub) return;
   entry *e = (entry *)pub;
-  if (atomic_fetch_sub(&e->refs, 1) == 1) {
-    velo_log(VELO_LOG_INFO, SRC, "model '%s' unloaded", e->pub.name);
-    entry_free(e);
+  if (atomic_fetch_sub(&e->refs, 1) == 1) entry_free(e);
+}
+
+bool velo_model_entry_unloading(const velo_model_entry *pub) {
+  return atomic_load(&((const entry *)pub)->unloading);
+}
+
+velo_status velo_model_entry_submit(velo_model_entry *pub, const velo_request *req,
+                                    velo_error *err) {
+  entry *e = (entry *)pub;
+  pthread_rwlock_rdlock(&e->lock);
+  velo_status st;
+  if (!e->model || atomic_load(&e->unloading))
+    st = velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
+  else
+    st = pub->task->submit(e->model, req, err);
+  pthread_rwlock_unlock(&e->lock);
+  return st;
+}
+
+velo_status velo_model_entry_tokenize(velo_model_entry *pub, const char *text, size_t len,
+                                      bool add_special, int32_t **ids, size_t *n_ids,
+                                      velo_error *err) {
+  entry *e = (entry *)pub;
+  *ids = NULL;
+  *n_ids = 0;
+  pthread_rwlock_rdlock(&e->lock);
+  velo_status st;
+  const velo_text_ext *ext = NULL;
+  if (!e->model || atomic_load(&e->unloading)) {
+    st = velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
+    goto out;
   }
+  if (pub->task->get_extension) ext = pub->task->get_extension(e->model, VELO_TEXT_EXTENSION);
+  if (!ext || ext->struct_size < sizeof *ext || !ext->tokenize || !ext->free_ids) {
+    st = velo_error_set(err, VELO_UNIMPLEMENTED, "model '%s' (task %s) has no tokenizer", pub->name,
+                        pub->task_name);
+    goto out;
+  }
+  int32_t *tids = NULL;
+  size_t n = 0;
+  st = ext->tokenize(e->model, text, len, add_special, &tids, &n, err);
+  if (st == VELO_OK) {
+    *ids = malloc((n ? n : 1) * sizeof **ids);
+    if (!*ids) st = velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+    else if (n) memcpy(*ids, tids, n * sizeof **ids);
+    if (*ids) *n_ids = n;
+  }
+  if (tids) ext->free_ids(tids);
+out:
+  pthread_rwlock_unlock(&e->lock);
+  return st;
 }
 
 void velo_registry_destroy(velo_registry *r) {
@@ -72,10 +143,14 @@ void velo_registry_destroy(velo_registry *r) {
   pthread_mutex_unlock(&r->lock);
   while (e) {
     entry *next = e->next;
+    atomic_store(&e->unloading, true);
+    entry_unload_model(e);
+    velo_log(VELO_LOG_INFO, SRC, "model '%s' unloaded", e->pub.name);
     velo_model_entry_release(&e->pub);
     e = next;
   }
   pthread_mutex_destroy(&r->lock);
+  free(r->loading);
   free(r);
 }
 
@@ -135,23 +210,76 @@ static char *default_name(const char *path) {
   return strndup(base, len);
 }
 
+/* Copies the task's metadata into the entry (owned by it). */
+static velo_status copy_metadata(entry *e, const velo_model_metadata *md, velo_error *err) {
+  e->pub.context_length = md->context_length;
+  e->pub.platform = strdup(md->platform ? md->platform : "");
+  e->pub.architecture = strdup(md->architecture ? md->architecture : "");
+  e->pub.inputs = calloc(md->n_inputs ? md->n_inputs : 1, sizeof *e->pub.inputs);
+  e->pub.outputs = calloc(md->n_outputs ? md->n_outputs : 1, sizeof *e->pub.outputs);
+  if (!e->pub.platform || !e->pub.architecture || !e->pub.inputs || !e->pub.outputs)
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; i < md->n_inputs; i++) {
+    e->pub.inputs[i] = md->inputs[i];
+    e->pub.inputs[i].name = strdup(md->inputs[i].name ? md->inputs[i].name : "");
+    e->pub.n_inputs++;
+    if (!e->pub.inputs[i].name) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t i = 0; i < md->n_outputs; i++) {
+    e->pub.outputs[i] = md->outputs[i];
+    e->pub.outputs[i].name = strdup(md->outputs[i].name ? md->outputs[i].name : "");
+    e->pub.n_outputs++;
+    if (!e->pub.outputs[i].name) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  return VELO_OK;
+}
+
+/* Reserves name for a load in progress: ALREADY_EXISTS if it is loaded or
+ * being loaded.  Call with r->lock held. */
+static velo_status reserve_name(velo_registry *r, const char *name, velo_error *err) {
+  for (entry *x = r->head; x; x = x->next)
+    if (strcmp(x->pub.name, name) == 0)
+      return velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is already loaded (from %s)",
+                            name, x->pub.path);
+  for (size_t i = 0; i < r->n_loading; i++)
+    if (strcmp(r->loading[i], name) == 0)
+      return velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is being loaded", name);
+  char **nl = realloc(r->loading, (r->n_loading + 1) * sizeof *nl);
+  if (!nl) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  r->loading = nl;
+  r->loading[r->n_loading++] = (char *)name;
+  return VELO_OK;
+}
+
+/* Drops the reservation of name.  Call with r->lock held. */
+static void unreserve_name(velo_registry *r, const char *name) {
+  for (size_t i = 0; i < r->n_loading; i++)
+    if (r->loading[i] == name) {
+      r->loading[i] = r->loading[--r->n_loading];
+      return;
+    }
+}
+
 velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, velo_error *err) {
-  if (!spec || !spec->path || !*spec->path)
-    return velo_error_set(err, VELO_INVALID_ARGUMENT, "a model needs a file path");
+  bool has_path = spec && spec->path && *spec->path;
+  if (!spec || (!has_path && !(spec->name && *spec->name)))
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "a model needs a file path or a name");
+  const char *path = has_path ? spec->path : "";
   const char *task_name = spec->task && *spec->task ? spec->task : "text-generation";
   const velo_plugin *tp = velo_plugin_host_find(r->ph, VELO_PLUGIN_TASK, task_name);
   if (!tp)
-    return velo_error_set(err, VELO_NOT_FOUND,
-                          "no task plugin '%s' is loaded (needed for model file %s)", task_name,
-                          spec->path);
+    return velo_error_set(err, VELO_NOT_FOUND, "no task plugin '%s' is loaded (needed for model %s)",
+                          task_name, has_path ? path : spec->name);
   const velo_plugin *bp = choose_backend(r, spec->backend, err);
   if (!bp) return err ? err->code : VELO_UNAVAILABLE;
 
   entry *e = calloc(1, sizeof *e);
   if (!e) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   atomic_init(&e->refs, 1);
-  e->pub.name = spec->name && *spec->name ? strdup(spec->name) : default_name(spec->path);
-  e->pub.path = strdup(spec->path);
+  atomic_init(&e->unloading, false);
+  pthread_rwlock_init(&e->lock, NULL);
+  e->pub.name = spec->name && *spec->name ? strdup(spec->name) : default_name(path);
+  e->pub.path = strdup(path);
   e->pub.task_name = strdup(task_name);
   e->pub.backend_name = strdup(velo_plugin_descriptor_of(bp)->name);
   e->pub.device = spec->device;
@@ -162,76 +290,85 @@ velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, ve
     return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   }
   pthread_mutex_lock(&r->lock);
-  for (entry *x = r->head; x; x = x->next)
-    if (strcmp(x->pub.name, e->pub.name) == 0) {
-      pthread_mutex_unlock(&r->lock);
-      velo_status st = velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is already loaded (from %s)", e->pub.name, x->pub.path);
-      entry_free(e);
-      return st;
-    }
+  velo_status st = reserve_name(r, e->pub.name, err);
   pthread_mutex_unlock(&r->lock);
+  if (st != VELO_OK) {
+    entry_free(e);
+    return st;
+  }
 
   velo_backend_options bo = {.struct_size = sizeof bo, .device = spec->device, .n_threads = spec->n_threads};
-  velo_status st = e->backend->open(&bo, &e->backend_instance, err);
-  if (st != VELO_OK) {
-    e->backend_instance = NULL;
-    entry_free(e);
-    return st;
+  st = e->backend->open(&bo, &e->backend_instance, err);
+  if (st != VELO_OK) e->backend_instance = NULL;
+  if (st == VELO_OK) {
+    velo_model_config cfg = {
+        .struct_size = sizeof cfg,
+        .name = e->pub.name,
+        .path = e->pub.path,
+        .backend_name = e->pub.backend_name,
+        .backend = e->backend,
+        .backend_instance = e->backend_instance,
+        .context_length = spec->context_length,
+        .n_params = spec->n_params,
+        .params = spec->params,
+    };
+    st = e->pub.task->model_load(r->host, &cfg, &e->model, err);
+    if (st != VELO_OK) e->model = NULL;
   }
-  velo_model_config cfg = {
-      .struct_size = sizeof cfg,
-      .name = e->pub.name,
-      .path = e->pub.path,
-      .backend_name = e->pub.backend_name,
-      .backend = e->backend,
-      .backend_instance = e->backend_instance,
-      .context_length = spec->context_length,
-  };
-  st = e->pub.task->model_load(r->host, &cfg, &e->pub.model, err);
-  if (st != VELO_OK) {
-    e->pub.model = NULL;
-    entry_free(e);
-    return st;
+  if (st == VELO_OK) {
+    velo_model_metadata md;
+    memset(&md, 0, sizeof md);
+    md.struct_size = sizeof md;
+    st = e->pub.task->model_metadata(e->model, &md, err);
+    if (st == VELO_OK) st = copy_metadata(e, &md, err);
   }
-  velo_model_metadata md;
-  memset(&md, 0, sizeof md);
-  md.struct_size = sizeof md;
-  velo_error merr;
-  velo_error_init(&merr);
-  if (e->pub.task->model_metadata(e->pub.model, &md, &merr) == VELO_OK)
-    e->pub.context_length = md.context_length;
-
   pthread_mutex_lock(&r->lock);
-  for (entry *x = r->head; x; x = x->next)
-    if (strcmp(x->pub.name, e->pub.name) == 0) {
-      pthread_mutex_unlock(&r->lock);
-      st = velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is already loaded", e->pub.name);
-      entry_free(e);
-      return st;
-    }
-  entry **tail = &r->head;
-  while (*tail) tail = &(*tail)->next;
-  *tail = e;
+  unreserve_name(r, e->pub.name);
+  if (st == VELO_OK) {
+    entry **tail = &r->head;
+    while (*tail) tail = &(*tail)->next;
+    *tail = e;
+  }
   pthread_mutex_unlock(&r->lock);
+  if (st != VELO_OK) {
+    entry_free(e);
+    return st;
+  }
   velo_log(VELO_LOG_INFO, SRC, "model '%s' loaded from %s (task %s, backend %s:%d, context %lld)",
-           e->pub.name, e->pub.path, e->pub.task_name, e->pub.backend_name, (int)e->pub.device,
-           (long long)e->pub.context_length);
+           e->pub.name, *e->pub.path ? e->pub.path : "(no file)", e->pub.task_name,
+           e->pub.backend_name, (int)e->pub.device, (long long)e->pub.context_length);
   return VELO_OK;
 }
 
 velo_status velo_registry_unload(velo_registry *r, const char *name, velo_error *err) {
   pthread_mutex_lock(&r->lock);
-  for (entry **p = &r->head; *p; p = &(*p)->next) {
-    if (strcmp((*p)->pub.name, name) == 0) {
-      entry *e = *p;
-      *p = e->next;
-      pthread_mutex_unlock(&r->lock);
-      velo_model_entry_release(&e->pub);
-      return VELO_OK;
-    }
+  entry *e = NULL;
+  for (entry *x = r->head; x; x = x->next)
+    if (strcmp(x->pub.name, name) == 0) e = x;
+  if (!e) {
+    pthread_mutex_unlock(&r->lock);
+    return velo_error_set(err, VELO_NOT_FOUND, "model '%s' is not loaded", name);
   }
+  if (atomic_exchange(&e->unloading, true)) {
+    pthread_mutex_unlock(&r->lock);
+    return velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is already being unloaded", name);
+  }
+  atomic_fetch_add(&e->refs, 1); /* ours, while we work outside the lock */
   pthread_mutex_unlock(&r->lock);
-  return velo_error_set(err, VELO_NOT_FOUND, "model '%s' is not loaded", name);
+
+  entry_unload_model(e); /* ends requests in flight with UNAVAILABLE */
+
+  pthread_mutex_lock(&r->lock);
+  for (entry **p = &r->head; *p; p = &(*p)->next)
+    if (*p == e) {
+      *p = e->next;
+      break;
+    }
+  pthread_mutex_unlock(&r->lock);
+  velo_log(VELO_LOG_INFO, SRC, "model '%s' unloaded", e->pub.name);
+  velo_model_entry_release(&e->pub); /* the list's reference */
+  velo_model_entry_release(&e->pub); /* ours */
+  return VELO_OK;
 }
 
 velo_model_entry *velo_registry_acquire(velo_registry *r, const char *name) {

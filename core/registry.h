@@ -1,18 +1,29 @@
 /*
- * registry.h - the models velod serves: load (task plugin + backend),
- * look up by name with reference counting, unload after draining.
+ * registry.h - the models velod serves: load (task plugin + backend), look
+ * up by name with reference counting, submit under a read lock, unload.
  *
  * A model entry is reference-counted: velo_registry_acquire() returns it
  * with one more reference, and the caller gives it back with
- * velo_model_entry_release() when the request that used it has ended.  An
- * unloaded model disappears from lookups at once; its plugin model is
- * unloaded when the last reference goes.
+ * velo_model_entry_release() when the request that used it has ended.
+ *
+ * Unloading (velo_registry_unload) is immediate, not a drain:
+ *  1. the entry is marked unloading: from now on submit/tokenize on it
+ *     return UNAVAILABLE "model 'x' is being unloaded";
+ *  2. the task plugin's model_unload() runs, which ends every request still
+ *     in flight with a final response of status UNAVAILABLE, and frees the
+ *     model; then the backend instance is closed (the model's memory is
+ *     released here, not when the last reference goes);
+ *  3. the entry leaves the list: later lookups find nothing (NOT_FOUND).
+ * Requests only touch the model inside velo_model_entry_submit / _tokenize,
+ * which hold the entry's read lock; step 2 holds its write lock, so no
+ * request can be inside the plugin while the model is freed.
  *
  * Thread-safety: every function may be called from any thread.
  */
 #ifndef VELO_CORE_REGISTRY_H
 #define VELO_CORE_REGISTRY_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,46 +32,85 @@
 
 typedef struct velo_registry velo_registry;
 
-/* One loaded model.  Fields are read-only after load. */
+/* Per-model counters (for ModelStatistics), updated by the front ends with
+ * atomic adds.  Durations in nanoseconds. */
+typedef struct velo_model_stats {
+  atomic_uint_fast64_t inference_count; /* requests that ran to a final OK response */
+  atomic_uint_fast64_t execution_count; /* model executions (= inference_count, no batching yet) */
+  atomic_uint_fast64_t success_count, success_ns;
+  atomic_uint_fast64_t fail_count, fail_ns;
+  atomic_uint_fast64_t last_inference_ms; /* wall clock, ms since the epoch */
+} velo_model_stats;
+
+/* One loaded model.  The name..context_length fields are read-only after
+ * load and stay valid until the last reference is released, even after an
+ * unload. */
 typedef struct velo_model_entry {
   char *name;          /* served name */
-  char *path;          /* model file */
+  char *path;          /* model file ("" for tasks without one) */
   char *task_name;     /* e.g. "text-generation" */
   char *backend_name;  /* e.g. "cpu" */
   int32_t device;      /* backend device index */
   const velo_task_iface *task;
-  velo_model *model;
-  int64_t context_length; /* from the task's metadata */
+  int64_t context_length; /* from the task's metadata; 0 if n/a */
+  char *platform;      /* from the task's metadata */
+  char *architecture;  /* from the task's metadata; "" if n/a */
+  size_t n_inputs, n_outputs;
+  velo_io_desc *inputs, *outputs; /* copies of the task's metadata */
+  velo_model_stats stats;
 } velo_model_entry;
 
 typedef struct velo_model_spec {
   const char *name;      /* NULL: the file name without directory and .gguf */
-  const char *path;      /* required */
+  const char *path;      /* model file; NULL/"" allowed only with a name */
   const char *task;      /* NULL: "text-generation" */
   const char *backend;   /* NULL or "auto": best available; else exact */
   int32_t device;        /* device index (0) */
   int64_t context_length; /* 0: model default */
   int32_t n_threads;     /* backend threads; 0 = default */
+  size_t n_params;       /* task-specific configuration, borrowed for the call */
+  const velo_param *params;
 } velo_model_spec;
 
 velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host,
                                  velo_registry **out, velo_error *err);
-/* Unloads every model (waiting for in-flight requests to end) and frees. */
+/* Unloads every model (ending their requests in flight) and frees the
+ * registry.  Entries still referenced stay allocated until released.
+ * NULL is a no-op. */
 void velo_registry_destroy(velo_registry *reg);
 
-/* Loads a model.  ALREADY_EXISTS if the name is taken; NOT_FOUND for a
- * missing task or backend plugin; the task's own errors otherwise (the
- * message names the file).  A failed load leaves the registry unchanged. */
+/* Loads a model.  ALREADY_EXISTS if the name is taken (or being loaded);
+ * NOT_FOUND for a missing task or backend plugin; the task's own errors
+ * otherwise (the message names the file).  A failed load leaves the
+ * registry unchanged. */
 velo_status velo_registry_load(velo_registry *reg, const velo_model_spec *spec,
                                velo_error *err);
-/* Removes the model from lookups; it is unloaded once no request holds it.
- * NOT_FOUND if there is no such model. */
+/* Unloads the model as described above; returns when its memory is freed.
+ * NOT_FOUND if there is no such model, UNAVAILABLE if an unload of it is
+ * already running. */
 velo_status velo_registry_unload(velo_registry *reg, const char *name, velo_error *err);
 
-/* The model called name with a reference taken, or NULL. */
+/* The model called name with a reference taken, or NULL (also while it
+ * is being loaded; a model being unloaded is still returned, and its
+ * submit answers UNAVAILABLE). */
 velo_model_entry *velo_registry_acquire(velo_registry *reg, const char *name);
 /* Gives a reference back; NULL is a no-op. */
 void velo_model_entry_release(velo_model_entry *e);
+
+/* True once an unload of the entry has begun. */
+bool velo_model_entry_unloading(const velo_model_entry *e);
+
+/* The task's submit() under the entry's read lock (see velo/task.h for the
+ * response contract).  UNAVAILABLE if the model is being unloaded. */
+velo_status velo_model_entry_submit(velo_model_entry *e, const velo_request *req,
+                                    velo_error *err);
+
+/* Tokenizes with the model's text extension (velo/text.h) under the read
+ * lock.  *ids is malloc'd (free() it).  UNIMPLEMENTED if the model's task
+ * has no tokenizer; UNAVAILABLE while unloading; the task's errors. */
+velo_status velo_model_entry_tokenize(velo_model_entry *e, const char *text, size_t len,
+                                      bool add_special, int32_t **ids, size_t *n_ids,
+                                      velo_error *err);
 
 /* All models, each acquired: *out is a malloc'd array the caller frees
  * after releasing each entry.  Returns the count (0 with *out = NULL when

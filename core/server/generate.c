@@ -201,13 +201,16 @@ static void send_done(velo_srv_tag *tag, bool ok) {
 }
 
 /* Ends the call with code and message (after anything already queued),
- * unless an end was already decided.  message may be NULL. */
+ * unless an end was already decided.  message may be NULL; it is cleaned
+ * with velo_srv_clean_status. */
 static void finish_call(velo_call *gc, grpc_status_code code, const char *message) {
+  char clean[VELO_SRV_STATUS_MAX];
   pthread_mutex_lock(&gc->mu);
   if (!gc->final_seen) {
     gc->final_seen = true;
     gc->final_code = code;
-    gc->final_message = message ? strdup(message) : NULL;
+    gc->final_message =
+        message ? strdup(velo_srv_clean_status(message, clean, sizeof clean)) : NULL;
   }
   pump_locked(gc);
   pthread_mutex_unlock(&gc->mu);
@@ -348,6 +351,7 @@ static grpc_byte_buffer *pack_response(const velo_response *resp) {
 velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
   grpc_byte_buffer *bb = NULL;
   bool final, gone, last;
+  char clean[VELO_SRV_STATUS_MAX];
 
   if (!gc || !resp || resp->struct_size < sizeof(velo_response)) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE,
@@ -380,7 +384,8 @@ velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
     gc->final_seen = true;
     gc->final_code = velo_srv_status(resp->status);
     if (resp->status != VELO_OK)
-      gc->final_message = strdup(resp->error_message ? resp->error_message : "");
+      gc->final_message = strdup(
+          velo_srv_clean_status(resp->error_message, clean, sizeof clean)); /* NULL: "" */
   }
   pump_locked(gc);
   last = final && --gc->refs == 0; /* the task's reference */
@@ -472,32 +477,19 @@ static void start_generation(velo_call *gc, grpc_byte_buffer *payload) {
   velo_server *srv = gc->srv;
   velo_error err;
   velo_status st;
-  char names[512], msg[1024];
+  grpc_status_code code;
+  char msg[1024];
 
   velo_error_init(&err);
-  if (!payload) {
-    finish_call(gc, GRPC_STATUS_INVALID_ARGUMENT, "Generate: the request message is missing");
+  code = velo_srv_decode(payload, &velo__v1__generate_request__descriptor,
+                         (ProtobufCMessage **)&gc->msg, msg, sizeof msg);
+  if (code != GRPC_STATUS_OK) {
+    finish_call(gc, code, msg);
     return;
   }
-  gc->msg = (Velo__V1__GenerateRequest *)velo_srv_unpack(
-      payload, &velo__v1__generate_request__descriptor);
-  if (!gc->msg) {
-    finish_call(gc, GRPC_STATUS_INVALID_ARGUMENT,
-                "Generate: the request is not a valid velo.v1.GenerateRequest");
-    return;
-  }
-  if (gc->msg->model[0] == '\0') {
-    velo_srv_model_names(srv, names, sizeof names);
-    snprintf(msg, sizeof msg, "model must be set; loaded models: %s", names);
-    finish_call(gc, GRPC_STATUS_INVALID_ARGUMENT, msg);
-    return;
-  }
-  gc->entry = velo_registry_acquire(srv->registry, gc->msg->model);
-  if (!gc->entry) {
-    velo_srv_model_names(srv, names, sizeof names);
-    snprintf(msg, sizeof msg, "model '%s' is not loaded; loaded models: %s", gc->msg->model,
-             names);
-    finish_call(gc, GRPC_STATUS_NOT_FOUND, msg);
+  code = velo_srv_acquire_model(srv, gc->msg->model, &gc->entry, msg, sizeof msg);
+  if (code != GRPC_STATUS_OK) {
+    finish_call(gc, code, msg);
     return;
   }
   st = build_request(gc, &err);
@@ -512,7 +504,7 @@ static void start_generation(velo_call *gc, grpc_byte_buffer *payload) {
   gc->refs++; /* the task's, until its final response */
   gc->submitted = true;
   pthread_mutex_unlock(&gc->mu);
-  st = gc->entry->task->submit(gc->entry->model, &gc->req, &err);
+  st = velo_model_entry_submit(gc->entry, &gc->req, &err); /* UNAVAILABLE while unloading */
   if (st != VELO_OK) {
     pthread_mutex_lock(&gc->mu);
     gc->submitted = false;

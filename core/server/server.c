@@ -2,7 +2,8 @@
  * server.c - the gRPC core server of velod: creation and binding, the
  * completion-queue threads, the request slots that receive new calls, the
  * catch-all that answers UNIMPLEMENTED, graceful shutdown, and the helpers
- * the method handlers share (message (de)serialisation, finishing a unary
+ * the method handlers share (the one request decoder, serialisation,
+ * model lookup, rendering client text for messages, finishing a unary
  * call).  The method handlers themselves live in generate.c and services.c.
  *
  * Model: one completion queue, served by a few threads; every event's tag
@@ -22,6 +23,7 @@
 #include <unistd.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
+#include <grpc/compression.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <stdio.h>
@@ -44,19 +46,54 @@ static const char *const method_path[VELO_SRV_METHOD_COUNT] = {
 /* Messages                                                            */
 /* ------------------------------------------------------------------ */
 
-ProtobufCMessage *velo_srv_unpack(grpc_byte_buffer *bb,
-                                  const ProtobufCMessageDescriptor *desc) {
+grpc_status_code velo_srv_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
+                                 ProtobufCMessage **out, char *why, size_t why_size) {
   grpc_byte_buffer_reader reader;
   ProtobufCMessage *msg;
   grpc_slice all;
+  size_t received, repacked;
 
-  if (!bb || !grpc_byte_buffer_reader_init(&reader, bb)) return NULL;
+  *out = NULL;
+  if (!bb) {
+    snprintf(why, why_size, "the request message is missing: expected a %s", desc->name);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  /* gRPC inflates a compressed message before it reaches us; only the
+   * identity algorithm is enabled, so a compressed call is refused before
+   * that.  Should one still arrive compressed, refuse it rather than let
+   * the reader inflate it without a size limit. */
+  if (bb->type == GRPC_BB_RAW && bb->data.raw.compression != GRPC_COMPRESS_NONE) {
+    snprintf(why, why_size, "compressed request messages are not accepted: send them uncompressed");
+    return GRPC_STATUS_UNIMPLEMENTED;
+  }
+  if (!grpc_byte_buffer_reader_init(&reader, bb)) {
+    snprintf(why, why_size, "the request is not a valid %s", desc->name);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
   all = grpc_byte_buffer_reader_readall(&reader);
   grpc_byte_buffer_reader_destroy(&reader);
-  msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all),
-                                  GRPC_SLICE_START_PTR(all));
+  received = GRPC_SLICE_LENGTH(all);
+  msg = protobuf_c_message_unpack(desc, NULL, received, GRPC_SLICE_START_PTR(all));
   grpc_slice_unref(all);
-  return msg;
+  if (!msg) {
+    snprintf(why, why_size, "the request is not a valid %s", desc->name);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  /* protobuf-c gives strings as char * cut at their first NUL, and keeps
+   * unknown fields (re-packing them as received): a canonical message
+   * without NULs packs back to exactly the bytes received. */
+  repacked = protobuf_c_message_get_packed_size(msg);
+  if (repacked != received) {
+    velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s refused: %zu bytes received, %zu after decoding",
+             desc->name, received, repacked);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    snprintf(why, why_size,
+             "request message: a string field contains a NUL byte (U+0000), which text fields "
+             "do not accept (or the message is not canonically encoded)");
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  *out = msg;
+  return GRPC_STATUS_OK;
 }
 
 grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg) {
@@ -68,6 +105,108 @@ grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg) {
   bb = grpc_raw_byte_buffer_create(&slice, 1);
   grpc_slice_unref(slice);
   return bb;
+}
+
+/* ------------------------------------------------------------------ */
+/* Rendering untrusted text                                            */
+/* ------------------------------------------------------------------ */
+
+/* The length (2..4) of the valid UTF-8 sequence of a multi-byte code point
+ * at p (n bytes left), with the code point in *cp; 0 when p does not start
+ * one (a stray continuation byte, an overlong form, a surrogate, a code
+ * point above U+10FFFF, or a sequence cut short). */
+static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp) {
+  size_t len;
+  uint32_t c, min;
+
+  if (p[0] >= 0xC2 && p[0] <= 0xDF) len = 2, c = p[0] & 0x1Fu, min = 0x80;
+  else if (p[0] >= 0xE0 && p[0] <= 0xEF) len = 3, c = p[0] & 0x0Fu, min = 0x800;
+  else if (p[0] >= 0xF0 && p[0] <= 0xF4) len = 4, c = p[0] & 0x07u, min = 0x10000;
+  else return 0;
+  if (n < len) return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((p[i] & 0xC0) != 0x80) return 0;
+    c = c << 6 | (p[i] & 0x3Fu);
+  }
+  if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+  *cp = c;
+  return len;
+}
+
+/* Code points that are valid but must not reach a log line or a terminal
+ * raw: C1 controls, line/paragraph separators, bidirectional controls. */
+static bool unsafe_code_point(uint32_t c) {
+  return (c >= 0x80 && c <= 0x9F) || c == 0x2028 || c == 0x2029 || c == 0x200E || c == 0x200F ||
+         (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069);
+}
+
+/* The engine of velo_server_quote and velo_srv_clean_status: renders at
+ * most max_chars characters of s[0..len) into out (cap >= 1, always
+ * NUL-terminated), cutting only between characters, with "..." after a
+ * cut when it fits.  Backslashes are doubled when escape_backslash. */
+static void render_text(const char *s, size_t len, char *out, size_t cap, size_t max_chars,
+                        bool escape_backslash) {
+  static const char hex[] = "0123456789ABCDEF";
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, used = 0, chars = 0;
+  size_t safe = 0; /* the longest output so far that still leaves room for "..." */
+  bool cut = false;
+
+  if (cap == 0) return;
+  while (i < len) {
+    char piece[16];
+    size_t n = 0, take = 0;
+    uint32_t cp = 0;
+
+    if (chars == max_chars) {
+      cut = true;
+      break;
+    }
+    if (p[i] >= 0x20 && p[i] < 0x7F) { /* printable ASCII */
+      take = 1;
+      if (p[i] == '\\' && escape_backslash) piece[n++] = '\\';
+      piece[n++] = (char)p[i];
+    } else if (p[i] >= 0x80 && (take = utf8_seq(p + i, len - i, &cp)) > 0 &&
+               !unsafe_code_point(cp)) { /* valid UTF-8, kept */
+      memcpy(piece, p + i, take);
+      n = take;
+    } else { /* a control byte, an invalid byte, or an unsafe code point */
+      if (p[i] < 0x80 || take == 0) take = 1;
+      for (size_t k = 0; k < take; k++) {
+        piece[n++] = '\\';
+        piece[n++] = 'x';
+        piece[n++] = hex[p[i + k] >> 4];
+        piece[n++] = hex[p[i + k] & 0xF];
+      }
+    }
+    if (used + n + 1 > cap) { /* this piece and the NUL do not fit */
+      cut = true;
+      break;
+    }
+    memcpy(out + used, piece, n);
+    used += n;
+    i += take;
+    chars++;
+    if (used + 3 + 1 <= cap) safe = used;
+  }
+  if (cut) { /* back off to a character boundary that leaves room for "..." */
+    used = safe;
+    if (used + 3 + 1 <= cap) {
+      memcpy(out + used, "...", 3);
+      used += 3;
+    }
+  }
+  out[used] = '\0';
+}
+
+char *velo_server_quote(const char *s, size_t len, char *out, size_t cap) {
+  render_text(s, s ? len : 0, out, cap, VELO_SERVER_QUOTE_CHARS, true);
+  return out;
+}
+
+char *velo_srv_clean_status(const char *msg, char *out, size_t cap) {
+  render_text(msg, msg ? strlen(msg) : 0, out, cap, SIZE_MAX, false);
+  return out;
 }
 
 /* ------------------------------------------------------------------ */
@@ -100,6 +239,7 @@ void velo_srv_finish_unary(velo_server *srv, grpc_call *call, grpc_byte_buffer *
   size_t n = 0;
   grpc_slice details;
   grpc_call_error rc;
+  char clean[VELO_SRV_STATUS_MAX];
 
   if (!uf) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory finishing a call");
@@ -114,7 +254,7 @@ void velo_srv_finish_unary(velo_server *srv, grpc_call *call, grpc_byte_buffer *
   uf->call = call;
   uf->response = response;
 
-  details = grpc_slice_from_copied_string(message ? message : "");
+  details = grpc_slice_from_copied_string(velo_srv_clean_status(message, clean, sizeof clean));
   memset(ops, 0, sizeof ops);
   ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA; /* always: see PITFALLS */
   if (response) {
@@ -154,6 +294,24 @@ void velo_srv_model_names(velo_server *srv, char *buf, size_t size) {
   free(list);
 }
 
+grpc_status_code velo_srv_acquire_model(velo_server *srv, const char *name,
+                                        velo_model_entry **entry, char *msg, size_t msg_size) {
+  char names[512], quoted[VELO_SERVER_QUOTE_SIZE];
+
+  *entry = NULL;
+  if (!name || name[0] == '\0') {
+    velo_srv_model_names(srv, names, sizeof names);
+    snprintf(msg, msg_size, "model must be set; loaded models: %s", names);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  *entry = velo_registry_acquire(srv->registry, name);
+  if (*entry) return GRPC_STATUS_OK;
+  velo_srv_model_names(srv, names, sizeof names);
+  snprintf(msg, msg_size, "model '%s' is not loaded; loaded models: %s",
+           velo_server_quote(name, strlen(name), quoted, sizeof quoted), names);
+  return GRPC_STATUS_NOT_FOUND;
+}
+
 void velo_srv_call_ended(velo_server *srv) {
   /* Under mu, so that velo_server_wait_shutdown cannot see the count reach
    * 0 (and let the server be freed) before this function is done with it. */
@@ -187,9 +345,11 @@ static void slot_post(velo_srv_slot *s) {
 }
 
 /* Answers a call to a method velod does not serve. */
-static void answer_unimplemented(velo_server *srv, grpc_call *call, const char *method) {
-  char msg[512];
-  snprintf(msg, sizeof msg, "method %s is not implemented by velod", method);
+static void answer_unimplemented(velo_server *srv, grpc_call *call, const char *method,
+                                 size_t len) {
+  char msg[VELO_SERVER_QUOTE_SIZE + 64], quoted[VELO_SERVER_QUOTE_SIZE];
+  snprintf(msg, sizeof msg, "method %s is not implemented by velod",
+           velo_server_quote(method, len, quoted, sizeof quoted));
   velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s", msg);
   velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
 }
@@ -204,6 +364,7 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
   gpr_timespec deadline = s->deadline;
   int method = s->method;
   char path[256] = "";
+  size_t path_len = 0;
 
   if (!ok) return; /* shutting down: the slot stays idle */
 
@@ -212,6 +373,7 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
     if (len >= sizeof path) len = sizeof path - 1;
     memcpy(path, GRPC_SLICE_START_PTR(s->details.method), len);
     path[len] = '\0';
+    path_len = len;
     grpc_call_details_destroy(&s->details);
     grpc_call_details_init(&s->details);
   }
@@ -221,6 +383,17 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
   /* Re-post before handling: the call we hold keeps shutdown from
    * completing, so the server is still alive here. */
   if (!atomic_load(&srv->shutting_down)) slot_post(s);
+
+  /* A call gRPC matched before the shutdown began but that reaches us
+   * after it: refused like every new call, with a status that says why
+   * and that clients may retry elsewhere.  (A call that reaches gRPC after
+   * the shutdown began never gets here: gRPC core drops it itself, and its
+   * client sees CANCELLED; the C API offers no hook for it.) */
+  if (atomic_load(&srv->shutting_down)) {
+    if (payload) grpc_byte_buffer_destroy(payload);
+    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
+    return;
+  }
 
   switch (method) {
     case VELO_SRV_GENERATE:
@@ -232,7 +405,7 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
       velo_srv_handle_unary(srv, (velo_srv_method)method, call, payload);
       break;
     default:
-      answer_unimplemented(srv, call, path);
+      answer_unimplemented(srv, call, path, path_len);
       break;
   }
 }
@@ -362,7 +535,7 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   size_t host_len = 0;
   int port;
   int n_threads = opts->n_threads > 0 ? opts->n_threads : 2;
-  grpc_arg args[1];
+  grpc_arg args[2];
   grpc_channel_args channel_args;
   grpc_server_credentials *creds;
   pthread_condattr_t cattr;
@@ -404,7 +577,16 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
   args[0].value.integer = 0;
-  channel_args.num_args = 1;
+  /* Only the identity algorithm: gRPC inflates a compressed message whole
+   * before it checks the receive limit, so 1 MB of gzip could cost 1 GB of
+   * memory.  A compressed request is refused (UNIMPLEMENTED "Compression
+   * algorithm 'gzip' is disabled") before anything is inflated, and the
+   * server advertises grpc-accept-encoding: identity.  Responses are never
+   * compressed (no call asks for it). */
+  args[1].type = GRPC_ARG_INTEGER;
+  args[1].key = (char *)GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET;
+  args[1].value.integer = 1 << GRPC_COMPRESS_NONE;
+  channel_args.num_args = 2;
   channel_args.args = args;
   srv->server = grpc_server_create(&channel_args, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);

@@ -42,7 +42,9 @@ typedef struct velo_server_options {
 
 /* Creates the gRPC server, binds opts->listen (SO_REUSEPORT off, so a busy
  * port is an error rather than a shared one), starts it and its
- * completion-queue threads.  grpc_init() must have been called.
+ * completion-queue threads.  Only the identity compression algorithm is
+ * enabled: compressed requests are refused (UNIMPLEMENTED) by gRPC before
+ * they are inflated.  grpc_init() must have been called.
  * Errors: INVALID_ARGUMENT for a malformed address, UNAVAILABLE when the
  * address cannot be bound, RESOURCE_EXHAUSTED when out of memory; nothing
  * is left running then and *out is untouched. */
@@ -66,7 +68,10 @@ velo_status velo_server_probe_listen(const char *listen, velo_error *err);
 const char *velo_server_address(const velo_server *srv);
 
 /* Stops accepting calls and asks gRPC to notify when every call in flight
- * has ended.  Calls in flight continue.  Idempotent. */
+ * has ended.  Calls in flight continue.  A call that gRPC had already
+ * matched but that reaches velod's handlers after this is answered
+ * UNAVAILABLE "server is shutting down"; one that reaches gRPC after this is
+ * dropped by gRPC core (its client sees CANCELLED).  Idempotent. */
 void velo_server_begin_shutdown(velo_server *srv);
 
 /* Waits up to timeout_ms (0: just look) for the shutdown begun above to
@@ -89,6 +94,28 @@ uint64_t velo_server_cancelled_count(const velo_server *srv);
  * its threads and frees everything.  Must come after a wait_shutdown that
  * returned true.  NULL is a no-op. */
 void velo_server_destroy(velo_server *srv);
+
+/* Room that velo_server_quote always needs: VELO_SERVER_QUOTE_CHARS
+ * characters of at most 12 bytes each ("\xE2\x80\xAE"), "..." and the NUL. */
+#define VELO_SERVER_QUOTE_CHARS 64
+#define VELO_SERVER_QUOTE_SIZE (VELO_SERVER_QUOTE_CHARS * 12 + 4)
+
+/* Renders untrusted text (a model name, a health service name, a method
+ * path a client sent) so that it can go into a gRPC status message or a log
+ * line as it is: printable ASCII and valid UTF-8 are kept; a backslash
+ * becomes "\\"; control characters (C0, DEL, C1), the line and paragraph
+ * separators U+2028/U+2029 and the bidirectional controls (U+200E, U+200F,
+ * U+202A..U+202E, U+2066..U+2069) are written as one \xNN escape per byte;
+ * so is every byte that is not part of valid UTF-8 (overlong forms,
+ * surrogates and code points above U+10FFFF are invalid).  At most
+ * VELO_SERVER_QUOTE_CHARS characters of s (a character: a code point, or
+ * one invalid byte) are rendered; "..." follows when s was cut.  s may
+ * contain NUL bytes (len counts them); s may be NULL when len is 0.
+ * out gets a NUL-terminated string whenever cap >= 1; a cap smaller than
+ * VELO_SERVER_QUOTE_SIZE may cut the text earlier, always between
+ * characters and followed by "..." (out is "" when cap < 4 and the text
+ * does not fit).  Returns out.  Pure, thread-safe. */
+char *velo_server_quote(const char *s, size_t len, char *out, size_t cap);
 
 /* velo_host.respond: delivers a task's response for a Generate call (see
  * velo/plugin.h).  Copies what it needs; never blocks on the network.

@@ -85,12 +85,44 @@ static inline grpc_status_code velo_srv_status(velo_status s) {
 
 /* --- server.c --------------------------------------------------------- */
 
-/* Reads a whole (possibly compressed) request payload and unpacks it with
- * desc.  NULL when bb is NULL (no message) or the bytes are not a valid
- * message.  bb is borrowed.  Free the result with
- * protobuf_c_message_free_unpacked(msg, NULL). */
-ProtobufCMessage *velo_srv_unpack(grpc_byte_buffer *bb,
-                                  const ProtobufCMessageDescriptor *desc);
+/* The one place where request messages are decoded: every method's payload
+ * goes through here.  On GRPC_STATUS_OK, *out is the unpacked message (free
+ * it with protobuf_c_message_free_unpacked(*out, NULL)).  Otherwise *out is
+ * NULL and why gets a message for the client (why_size >= 1):
+ *   INVALID_ARGUMENT  bb is NULL (no request message), the bytes are not a
+ *                     valid desc, or re-packing the unpacked message does
+ *                     not give back as many bytes as were received: a
+ *                     string field held a NUL byte (protobuf-c hands out
+ *                     NUL-terminated strings, so it would silently be cut
+ *                     there) or the encoding is not canonical (a field
+ *                     repeated, a default value sent explicitly, a padded
+ *                     varint).  Unknown fields are kept by protobuf-c and
+ *                     counted, so a newer client's extra fields pass.
+ *   UNIMPLEMENTED     bb is still compressed (never expected: the server
+ *                     enables only the identity algorithm).
+ * bb is borrowed. */
+grpc_status_code velo_srv_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
+                                 ProtobufCMessage **out, char *why, size_t why_size);
+
+/* The most bytes of a status message (longer ones are cut, see
+ * velo_srv_clean_status). */
+#define VELO_SRV_STATUS_MAX 2048
+
+/* Copies a status message into out (cap >= 1) so that nothing raw reaches
+ * a client: control characters and bytes that are not valid UTF-8 become
+ * \xNN escapes, as in velo_server_quote, but backslashes and the length are
+ * kept (up to cap); text already rendered by velo_server_quote comes out
+ * unchanged.  msg NULL gives "".  Returns out. */
+char *velo_srv_clean_status(const char *msg, char *out, size_t cap);
+
+/* Looks up the model a request names, the same way for every method.
+ * GRPC_STATUS_OK with *entry acquired (release it with
+ * velo_model_entry_release); otherwise *entry is NULL and msg gets
+ * INVALID_ARGUMENT "model must be set; loaded models: ..." for an empty
+ * name, or NOT_FOUND "model '<name>' is not loaded; loaded models: ..."
+ * with the name rendered by velo_server_quote. */
+grpc_status_code velo_srv_acquire_model(struct velo_server *srv, const char *name,
+                                        velo_model_entry **entry, char *msg, size_t msg_size);
 
 /* Packs msg into a new byte buffer (the caller owns it: pass it to a
  * SEND_MESSAGE op, then grpc_byte_buffer_destroy it), or NULL when out of
@@ -99,7 +131,8 @@ grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg);
 
 /* Ends a unary call in one batch: initial metadata, the response message
  * (when response is not NULL; ownership passes here), the status with
- * message (may be NULL), and close-on-server.  Takes over the caller's
+ * message (may be NULL; cleaned with velo_srv_clean_status), and
+ * close-on-server.  Takes over the caller's
  * reference to call and the call's in-flight count; everything is freed
  * when the batch completes.  Never fails (a refused batch is logged and the
  * call dropped, which the client sees as a cancelled call). */

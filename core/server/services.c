@@ -12,7 +12,6 @@
 #include "grpc_health/v1/health.pb-c.h"
 #include "log.h"
 #include "server_internal.h"
-#include "velo/text.h"
 #include "velo/v1/velo.pb-c.h"
 
 #define LOG_SOURCE "server"
@@ -25,27 +24,28 @@ static const char *const served_services[] = {
     "grpc.health.v1.Health",
 };
 
-/* Decodes payload as desc or finishes the call with INVALID_ARGUMENT
- * naming the method (and returns NULL). */
+/* Decodes payload as desc (velo_srv_decode) or finishes the call with the
+ * error and returns NULL. */
 static ProtobufCMessage *decode_or_fail(velo_server *srv, grpc_call *call,
                                         grpc_byte_buffer *payload,
                                         const ProtobufCMessageDescriptor *desc) {
-  char msg[256];
-  ProtobufCMessage *m = velo_srv_unpack(payload, desc);
-  if (m) return m;
-  snprintf(msg, sizeof msg, "the request is %s %s", payload ? "not a valid" : "missing: expected a",
-           desc->name);
-  velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg);
+  char msg[512];
+  ProtobufCMessage *m = NULL;
+  grpc_status_code code = velo_srv_decode(payload, desc, &m, msg, sizeof msg);
+  if (code == GRPC_STATUS_OK) return m;
+  velo_srv_finish_unary(srv, call, NULL, code, msg);
   return NULL;
 }
 
-/* Tokenize: the text extension of the model's task plugin. */
+/* Tokenize: the text extension of the model's task plugin, through the
+ * registry (velo_model_entry_tokenize: UNIMPLEMENTED without a tokenizer,
+ * UNAVAILABLE while the model is being unloaded). */
 static void tokenize(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Velo__V1__TokenizeRequest *req;
   Velo__V1__TokenizeResponse resp = VELO__V1__TOKENIZE_RESPONSE__INIT;
   velo_model_entry *entry;
-  const velo_text_ext *ext = NULL;
-  char msg[1024], names[512];
+  char msg[1024];
+  grpc_status_code code;
   int32_t *ids = NULL;
   size_t n_ids = 0;
   velo_error err;
@@ -58,23 +58,14 @@ static void tokenize(velo_server *srv, grpc_call *call, grpc_byte_buffer *payloa
   add_special = req->_add_special_case == VELO__V1__TOKENIZE_REQUEST___ADD_SPECIAL_ADD_SPECIAL
                     ? req->add_special != 0
                     : true;
-  entry = velo_registry_acquire(srv->registry, req->model);
-  if (!entry) {
-    velo_srv_model_names(srv, names, sizeof names);
-    snprintf(msg, sizeof msg, "model '%s' is not loaded; loaded models: %s", req->model, names);
-    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_NOT_FOUND, msg);
-    goto out;
-  }
-  if (entry->task->get_extension)
-    ext = entry->task->get_extension(entry->model, VELO_TEXT_EXTENSION);
-  if (!ext || ext->struct_size < sizeof *ext || !ext->tokenize) {
-    snprintf(msg, sizeof msg, "model %s (task %s) has no tokenizer", entry->name,
-             entry->task_name);
-    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+  code = velo_srv_acquire_model(srv, req->model, &entry, msg, sizeof msg);
+  if (code != GRPC_STATUS_OK) {
+    velo_srv_finish_unary(srv, call, NULL, code, msg);
     goto out;
   }
   velo_error_init(&err);
-  st = ext->tokenize(entry->model, req->text, strlen(req->text), add_special, &ids, &n_ids, &err);
+  st = velo_model_entry_tokenize(entry, req->text, strlen(req->text), add_special, &ids, &n_ids,
+                                 &err);
   if (st != VELO_OK) {
     velo_srv_finish_unary(srv, call, NULL, velo_srv_status(st),
                           err.message[0] ? err.message : velo_status_name(st));
@@ -83,10 +74,7 @@ static void tokenize(velo_server *srv, grpc_call *call, grpc_byte_buffer *payloa
   resp.n_token_ids = n_ids;
   resp.token_ids = ids;
   velo_srv_finish_unary(srv, call, velo_srv_pack(&resp.base), GRPC_STATUS_OK, NULL);
-  if (ids) {
-    if (ext->free_ids) ext->free_ids(ids);
-    else free(ids);
-  }
+  free(ids);
 out:
   velo_model_entry_release(entry);
   protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -143,7 +131,7 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
 static void health_check(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Grpc__Health__V1__HealthCheckRequest *req;
   Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  char msg[512];
+  char msg[VELO_SERVER_QUOTE_SIZE + 32], quoted[VELO_SERVER_QUOTE_SIZE];
   bool known = false;
 
   req = (Grpc__Health__V1__HealthCheckRequest *)decode_or_fail(
@@ -155,7 +143,8 @@ static void health_check(velo_server *srv, grpc_call *call, grpc_byte_buffer *pa
     resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     velo_srv_finish_unary(srv, call, velo_srv_pack(&resp.base), GRPC_STATUS_OK, NULL);
   } else {
-    snprintf(msg, sizeof msg, "unknown service '%s'", req->service);
+    snprintf(msg, sizeof msg, "unknown service '%s'",
+             velo_server_quote(req->service, strlen(req->service), quoted, sizeof quoted));
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_NOT_FOUND, msg);
   }
   protobuf_c_message_free_unpacked(&req->base, NULL);
