@@ -19,7 +19,10 @@
  * never called for that request; when it returns OK, respond() is called
  * zero or more times with final = false and then exactly once with
  * final = true (also for cancellation and failures), after which the task
- * never touches the request or its call handle again.
+ * never touches the request or its call handle again.  A task may call
+ * respond() from inside submit() (a synchronous task answering at once);
+ * it then returns OK from submit() after the final response, and the host
+ * copes with either order.
  */
 #ifndef VELO_TASK_H
 #define VELO_TASK_H
