@@ -2,6 +2,11 @@
  * repository.h - the model repository: a directory with one subdirectory
  * per model, each holding the model file(s) and a config.json, as Triton
  * users know it (--model-repository DIR, --model-control none|explicit).
+ * The user's guide is docs/repository.md.
+ *
+ * A model's name is its directory's name: 1 to 255 letters, digits, '_',
+ * '-' or '.', not starting with '.' (other directories are skipped with a
+ * warning, as are directories without a config.json).
  *
  * config.json (all keys optional except where noted):
  *   {
@@ -17,13 +22,35 @@
  *                                     numbers and booleans, passed to the
  *                                     task as velo_params
  *   }
- * Unknown keys are an error (a typo must not be silently ignored).
+ * Unknown keys are an error (a typo must not be silently ignored), and so
+ * are wrong types, out-of-range numbers, an absolute "file" or one with a
+ * ".." component (symbolic links inside the model directory are followed),
+ * and a "file" that does not exist.  Each error names the model, the file,
+ * the key and what is allowed.  config.json is read again at every load,
+ * so an edited config takes effect on the next load.
  *
  * Model control:
  *   none      every model of the repository is loaded at start-up; load and
  *             unload requests are refused (FAILED_PRECONDITION);
  *   explicit  only the models named with --load-model are loaded at
- *             start-up; the others are loaded and unloaded on request.
+ *             start-up ("*": all of them); the others are loaded and
+ *             unloaded on request.  A model directory added after start-up
+ *             can be loaded by name.
+ *
+ * A model that fails to load, at start-up or on request, is UNAVAILABLE
+ * with the error as its reason; the server and the other models are
+ * untouched.  At start-up the caller decides whether that is fatal
+ * (velod: --exit-on-error, true by default as in Triton).  The server is
+ * ready (velo_repository_ready) while every start-up model (control none:
+ * all; explicit: the --load-model ones) is READY, except those unloaded on
+ * request since; models loaded at run time do not count (a failed load
+ * request is reported to its caller).
+ *
+ * Reloading a loaded model (a load request for it) reads its config.json
+ * first, so a broken new config leaves the old model serving; then the old
+ * model is unloaded (its requests in flight end with UNAVAILABLE) and the
+ * new one loaded.  Between the two, requests for it get NOT_FOUND: there
+ * is a gap, and if the new load fails the model stays UNAVAILABLE.
  *
  * Thread-safety: every function may be called from any thread; loads and
  * unloads of the same model are serialised.
@@ -31,6 +58,7 @@
 #ifndef VELO_CORE_REPOSITORY_H
 #define VELO_CORE_REPOSITORY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "registry.h"
@@ -50,31 +78,63 @@ typedef struct velo_repository_model {
 } velo_repository_model;
 
 /* Opens the repository dir (may be NULL: no repository, only models given
- * with --model) over reg.  With NONE control every model in dir is loaded;
- * with EXPLICIT the names in startup_models[0..n) are.  A model that fails
- * to load at start-up is an error (the message names it and why) unless
- * the caller chooses to go on.  *out owns nothing of reg. */
+ * with --model) over reg, which must outlive it.  With NONE control every
+ * model in dir is loaded; with EXPLICIT the names in startup_models[0..n)
+ * are ("*" for all; ignored with NONE).  A model that fails to load at
+ * start-up is logged (ERROR, naming it and why) and left UNAVAILABLE; open
+ * still succeeds, and velo_repository_ready() says false (and names it),
+ * so the caller decides whether to go on.
+ * Errors: NOT_FOUND (dir does not exist, or a startup name is not in it:
+ * the message names it and lists the models), INVALID_ARGUMENT (dir is not
+ * a directory, a malformed startup name), PERMISSION_DENIED (unreadable),
+ * RESOURCE_EXHAUSTED; nothing is loaded then and *out is untouched.
+ * *out owns nothing of reg. */
 velo_status velo_repository_open(const char *dir, velo_registry *reg, velo_model_control control,
                                  const char *const *startup_models, size_t n_startup,
                                  velo_repository **out, velo_error *err);
+/* Frees the repository.  Loaded models stay in the registry (destroy the
+ * registry to unload them).  No other call on repo may be running.  NULL
+ * is a no-op. */
 void velo_repository_close(velo_repository *repo);
 
 velo_model_control velo_repository_control(const velo_repository *repo);
 
 /* Every model the repository knows plus every model loaded otherwise
- * (--model), sorted by name.  *out is malloc'd; free with
+ * (--model), sorted by name; with ready_only, only the READY ones.  The
+ * directory is read again, so new model directories show up (UNAVAILABLE
+ * "not loaded") and removed ones that are not loaded disappear.  *out is
+ * malloc'd (NULL when the count is 0 or memory ran out); free with
  * velo_repository_index_free.  Returns the count. */
 size_t velo_repository_index(velo_repository *repo, bool ready_only, velo_repository_model **out);
 void velo_repository_index_free(velo_repository_model *rows, size_t n);
 
-/* Loads (or reloads, if loaded) the repository model name.
- * FAILED_PRECONDITION with control NONE; NOT_FOUND if the repository has
- * no such model; the load's own error otherwise (the server and the other
- * models are untouched by a failed load). */
+/* Loads (or reloads, if loaded: see above) the repository model name;
+ * returns when it is READY or has failed.  FAILED_PRECONDITION with
+ * control NONE; INVALID_ARGUMENT for a malformed name or a bad config.json;
+ * NOT_FOUND if the repository has no such model (or no model file); the
+ * load's own error otherwise (the server and the other models are
+ * untouched by a failed load).  A second load or unload of the same model
+ * waits for this one. */
 velo_status velo_repository_load(velo_repository *repo, const char *name, velo_error *err);
 
 /* Unloads name (see velo_registry_unload for what happens to requests in
- * flight).  FAILED_PRECONDITION with control NONE; NOT_FOUND if not loaded. */
+ * flight: they end with UNAVAILABLE "model 'x' is being unloaded"); returns
+ * when its memory is released.  Works for models loaded with --model too.
+ * FAILED_PRECONDITION with control NONE; NOT_FOUND if not loaded. */
 velo_status velo_repository_unload(velo_repository *repo, const char *name, velo_error *err);
+
+/* True when every start-up model not unloaded on request since is READY
+ * (see above; for ServerReady and the health service).  Otherwise why (may
+ * be NULL) gets the first model that is not, e.g. "model 'x' is
+ * UNAVAILABLE: <the load error>" or "model 'x' is LOADING" during a
+ * reload. */
+bool velo_repository_ready(velo_repository *repo, char *why, size_t why_size);
+
+/* The state of one model ("READY", "LOADING", "UNLOADING", "UNAVAILABLE";
+ * static strings), repository or --model, for ModelReady.  A model nobody
+ * knows is "UNAVAILABLE" with reason "unknown model"; otherwise reason
+ * (may be NULL) gets why it is not READY ("" when READY). */
+const char *velo_repository_model_state(velo_repository *repo, const char *name, char *reason,
+                                        size_t reason_size);
 
 #endif

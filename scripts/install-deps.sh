@@ -16,6 +16,7 @@ set -eu
 #   protobuf-compiler-grpc                     grpc_python_plugin (Python stubs for the tests)
 #   grpc-proto                                 grpc/health/v1/health.proto, reflection protos
 #   libltdl-dev                                the plugin loader
+#   libjson-c-dev                              config.json of the model repository
 #   python3 python3-grpcio python3-protobuf    end-to-end tests (run by /usr/bin/python3)
 #   python3-numpy python3-pytest
 #   valgrind                                   memory checks by hand (not run by the suite)
@@ -30,6 +31,7 @@ protobuf-c-compiler
 protobuf-compiler-grpc
 grpc-proto
 libltdl-dev
+libjson-c-dev
 python3
 python3-grpcio
 python3-protobuf

@@ -53,7 +53,9 @@ struct velo_call {
   gpr_timespec deadline;
   struct timespec started; /* CLOCK_MONOTONIC, for logs */
   velo_model_entry *entry; /* acquired; released when the call is freed */
-  atomic_bool cancelled;   /* what velo_host.call_cancelled reports */
+  atomic_bool cancelled;   /* the call ended early (client, deadline, shutdown) */
+  atomic_bool refused;     /* a response was over --max-send-message-bytes: the
+                            * call ends with that error; the task is told to stop */
   int close_cancelled;     /* RECV_CLOSE_ON_SERVER result */
   bool submitted;          /* the task accepted the request */
 
@@ -266,7 +268,8 @@ static void close_done(velo_srv_tag *tag, bool ok) {
 }
 
 bool velo_server_call_cancelled(velo_call *gc) {
-  return !gc || atomic_load(&gc->cancelled);
+  if (velo_oip_owns_call(gc)) return velo_oip_call_cancelled(gc); /* ModelInfer & co */
+  return !gc || atomic_load(&gc->cancelled) || atomic_load(&gc->refused);
 }
 
 /* ------------------------------------------------------------------ */
@@ -353,6 +356,7 @@ velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
   bool final, gone, last;
   char clean[VELO_SRV_STATUS_MAX];
 
+  if (velo_oip_owns_call(gc)) return velo_oip_respond(gc, resp); /* ModelInfer & co */
   if (!gc || !resp || resp->struct_size < sizeof(velo_response)) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE,
              "a task plugin called respond() with %s: ignored (plugin bug)",
@@ -360,11 +364,29 @@ velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
     return VELO_INVALID_ARGUMENT;
   }
   final = resp->final;
-  gone = atomic_load(&gc->cancelled);
+  gone = atomic_load(&gc->cancelled) || atomic_load(&gc->refused);
   if (!gone && (!final || resp->status == VELO_OK)) bb = pack_response(resp);
+  if (bb) { /* --max-send-message-bytes: end the call with that error instead */
+    velo_error err;
+    velo_error_init(&err);
+    if (velo_srv_check_send_size(gc->srv, grpc_byte_buffer_length(bb), &err) != VELO_OK) {
+      grpc_byte_buffer_destroy(bb);
+      bb = NULL;
+      pthread_mutex_lock(&gc->mu);
+      if (!gc->final_seen) {
+        gc->final_seen = true;
+        gc->final_code = velo_srv_status(err.code);
+        gc->final_message = strdup(velo_srv_clean_status(err.message, clean, sizeof clean));
+      }
+      pthread_mutex_unlock(&gc->mu);
+      atomic_store(&gc->refused, true);
+      gone = true;
+    }
+  }
 
   pthread_mutex_lock(&gc->mu);
-  gone = gone || gc->dead || atomic_load(&gc->cancelled) || gc->status_started;
+  gone = gone || gc->dead || atomic_load(&gc->cancelled) || atomic_load(&gc->refused) ||
+         gc->status_started;
   if (bb && gone) {
     grpc_byte_buffer_destroy(bb);
   } else if (bb) {
@@ -532,6 +554,7 @@ void velo_srv_handle_generate(velo_server *srv, grpc_call *call, gpr_timespec de
   gc->deadline = deadline;
   clock_gettime(CLOCK_MONOTONIC, &gc->started);
   atomic_init(&gc->cancelled, false);
+  atomic_init(&gc->refused, false);
   pthread_mutex_init(&gc->mu, NULL);
   gc->refs = 2; /* this handler, and the close-on-server started next */
 

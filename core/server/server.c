@@ -4,20 +4,26 @@
  * catch-all that answers UNIMPLEMENTED, graceful shutdown, and the helpers
  * the method handlers share (the one request decoder, serialisation,
  * model lookup, rendering client text for messages, finishing a unary
- * call).  The method handlers themselves live in generate.c and services.c.
+ * call, the message size limits).  The method handlers themselves live in
+ * generate.c, services.c, health.c and reflection.c.
  *
  * Model: one completion queue, served by a few threads; every event's tag
  * is a velo_srv_tag embedded in the object it concerns.  Each registered
  * method keeps VELO_SRV_SLOTS_PER_METHOD requests posted
  * (grpc_server_request_registered_call with the request message read up
  * front); a slot is re-posted as soon as it has delivered a call, before
- * the call is handled.  Shutdown follows shared/PITFALLS.md: shutdown and
+ * the call is handled.  Methods with streamed requests (reflection) get no
+ * message up front; their handlers read them.  Every request read up front
+ * is checked against --max-receive-message-bytes here, and every unary
+ * response in velo_srv_finish_unary against --max-send-message-bytes.
+ * Shutdown follows shared/PITFALLS.md: shutdown and
  * notify, wait (cancel all after a grace period), destroy the server, then
  * shut down, drain and destroy the queue.
  */
 #include "server_internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -39,8 +45,39 @@ static const char *const method_path[VELO_SRV_METHOD_COUNT] = {
     [VELO_SRV_GENERATE] = "/velo.v1.TextGeneration/Generate",
     [VELO_SRV_TOKENIZE] = "/velo.v1.TextGeneration/Tokenize",
     [VELO_SRV_LIST_MODELS] = "/velo.v1.Models/ListModels",
+    [VELO_SRV_LOAD_MODEL] = "/velo.v1.Models/LoadModel",
+    [VELO_SRV_UNLOAD_MODEL] = "/velo.v1.Models/UnloadModel",
     [VELO_SRV_HEALTH_CHECK] = "/grpc.health.v1.Health/Check",
+    [VELO_SRV_HEALTH_WATCH] = "/grpc.health.v1.Health/Watch",
+    [VELO_SRV_REFLECTION_V1ALPHA] =
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    [VELO_SRV_REFLECTION_V1] = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+#define VELO_SRV_OIP_PATH_(id, name, stream) \
+  [VELO_SRV_OIP_FIRST + VELO_OIP_##id] = "/" VELO_OIP_SERVICE "/" name,
+    VELO_OIP_METHOD_MAP(VELO_SRV_OIP_PATH_)
+#undef VELO_SRV_OIP_PATH_
 };
+
+/* Methods whose requests are a stream (client- or bidi-streaming): they are
+ * registered with GRPC_SRM_PAYLOAD_NONE and their handlers read each
+ * message with RECV_MESSAGE (checking it with velo_srv_check_receive_size).
+ * The others get their one request message read up front. */
+static const bool method_reads_stream[VELO_SRV_METHOD_COUNT] = {
+    [VELO_SRV_REFLECTION_V1ALPHA] = true,
+    [VELO_SRV_REFLECTION_V1] = true,
+#define VELO_SRV_OIP_STREAM_(id, name, stream) [VELO_SRV_OIP_FIRST + VELO_OIP_##id] = stream,
+    VELO_OIP_METHOD_MAP(VELO_SRV_OIP_STREAM_)
+#undef VELO_SRV_OIP_STREAM_
+};
+
+/* gRPC's own limit for a velod limit of n bytes: 2n + 1 MiB, at most
+ * INT_MAX.  Above velod's, so that a message between the two reaches velod
+ * and gets velod's message naming the option (gRPC would refuse it with
+ * "Received message larger than max" before velod sees it). */
+static int grpc_limit(size_t n) {
+  size_t margin = (size_t)1 << 20;
+  return n > ((size_t)INT_MAX - margin) / 2 ? INT_MAX : (int)(2 * n + margin);
+}
 
 /* ------------------------------------------------------------------ */
 /* Messages                                                            */
@@ -94,6 +131,23 @@ grpc_status_code velo_srv_decode(grpc_byte_buffer *bb, const ProtobufCMessageDes
   }
   *out = msg;
   return GRPC_STATUS_OK;
+}
+
+grpc_status_code velo_srv_check_receive_size(velo_server *srv, size_t bytes, char *why,
+                                             size_t why_size) {
+  if (bytes <= srv->max_receive_bytes) return GRPC_STATUS_OK;
+  snprintf(why, why_size, "request message is %zu bytes, over --max-receive-message-bytes %zu",
+           bytes, srv->max_receive_bytes);
+  return GRPC_STATUS_RESOURCE_EXHAUSTED;
+}
+
+velo_status velo_srv_check_send_size(velo_server *srv, size_t bytes, velo_error *err) {
+  if (bytes <= srv->max_send_bytes) return VELO_OK;
+  velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "a %zu-byte response is over --max-send-message-bytes %zu",
+           bytes, srv->max_send_bytes);
+  return velo_error_set(err, VELO_RESOURCE_EXHAUSTED,
+                        "response message is %zu bytes, over --max-send-message-bytes %zu", bytes,
+                        srv->max_send_bytes);
 }
 
 grpc_byte_buffer *velo_srv_pack(const ProtobufCMessage *msg) {
@@ -240,7 +294,16 @@ void velo_srv_finish_unary(velo_server *srv, grpc_call *call, grpc_byte_buffer *
   grpc_slice details;
   grpc_call_error rc;
   char clean[VELO_SRV_STATUS_MAX];
+  velo_error err;
 
+  velo_error_init(&err);
+  if (response && velo_srv_check_send_size(srv, grpc_byte_buffer_length(response), &err) !=
+                      VELO_OK) { /* the status instead of the message */
+    grpc_byte_buffer_destroy(response);
+    response = NULL;
+    code = velo_srv_status(err.code);
+    message = err.message;
+  }
   if (!uf) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory finishing a call");
     grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
@@ -335,7 +398,8 @@ static void slot_post(velo_srv_slot *s) {
   if (s->method >= 0)
     rc = grpc_server_request_registered_call(srv->server, srv->method_handle[s->method],
                                              &s->call, &s->deadline, &s->metadata,
-                                             &s->payload, srv->cq, srv->cq, &s->tag);
+                                             method_reads_stream[s->method] ? NULL : &s->payload,
+                                             srv->cq, srv->cq, &s->tag);
   else
     rc = grpc_server_request_call(srv->server, &s->call, &s->details, &s->metadata, srv->cq,
                                   srv->cq, &s->tag);
@@ -394,6 +458,19 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
     return;
   }
+  /* The receive limit, for every request read up front (streamed requests
+   * are checked by their handlers). */
+  if (payload) {
+    char why[160];
+    grpc_status_code code =
+        velo_srv_check_receive_size(srv, grpc_byte_buffer_length(payload), why, sizeof why);
+    if (code != GRPC_STATUS_OK) {
+      velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s: %s", method_path[method], why);
+      grpc_byte_buffer_destroy(payload);
+      velo_srv_finish_unary(srv, call, NULL, code, why);
+      return;
+    }
+  }
 
   switch (method) {
     case VELO_SRV_GENERATE:
@@ -401,11 +478,23 @@ static void slot_done(velo_srv_tag *tag, bool ok) {
       break;
     case VELO_SRV_TOKENIZE:
     case VELO_SRV_LIST_MODELS:
-    case VELO_SRV_HEALTH_CHECK:
+    case VELO_SRV_LOAD_MODEL:
+    case VELO_SRV_UNLOAD_MODEL:
       velo_srv_handle_unary(srv, (velo_srv_method)method, call, payload);
       break;
+    case VELO_SRV_HEALTH_CHECK:
+    case VELO_SRV_HEALTH_WATCH:
+      velo_srv_handle_health(srv, (velo_srv_method)method, call, payload);
+      break;
+    case VELO_SRV_REFLECTION_V1ALPHA:
+    case VELO_SRV_REFLECTION_V1:
+      velo_srv_handle_reflection(srv, (velo_srv_method)method, call);
+      break;
     default:
-      answer_unimplemented(srv, call, path, path_len);
+      if (method >= VELO_SRV_OIP_FIRST && method <= VELO_SRV_OIP_LAST)
+        velo_oip_handle(srv, method - VELO_SRV_OIP_FIRST, call, deadline, payload);
+      else
+        answer_unimplemented(srv, call, path, path_len);
       break;
   }
 }
@@ -517,12 +606,33 @@ static void stop_queue(velo_server *srv) {
   srv->cq = NULL;
 }
 
+/* Fills srv->services with the distinct service names of the registered
+ * methods ("/pkg.Service/Method" -> "pkg.Service"), in table order.
+ * false when out of memory. */
+static bool collect_services(velo_server *srv) {
+  srv->services = calloc(VELO_SRV_METHOD_COUNT, sizeof *srv->services);
+  if (!srv->services) return false;
+  for (int m = 0; m < VELO_SRV_METHOD_COUNT; m++) {
+    const char *start = method_path[m] + 1, *end = strrchr(method_path[m], '/');
+    size_t len = end > start ? (size_t)(end - start) : 0, i;
+    for (i = 0; i < srv->n_services; i++)
+      if (strlen(srv->services[i]) == len && memcmp(srv->services[i], start, len) == 0) break;
+    if (i < srv->n_services || len == 0) continue;
+    if (!(srv->services[srv->n_services] = strndup(start, len))) return false;
+    srv->n_services++;
+  }
+  return true;
+}
+
 /* Frees the slots' arrays and the struct (the gRPC objects are gone). */
 static void free_server(velo_server *srv) {
   for (size_t i = 0; i < srv->n_slots; i++) {
     grpc_metadata_array_destroy(&srv->slots[i].metadata);
     if (srv->slots[i].method < 0) grpc_call_details_destroy(&srv->slots[i].details);
   }
+  velo_srv_health_destroy(srv);
+  for (size_t i = 0; i < srv->n_services; i++) free(srv->services[i]);
+  free(srv->services);
   pthread_cond_destroy(&srv->cv);
   pthread_mutex_destroy(&srv->mu);
   free(srv->address);
@@ -535,7 +645,7 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   size_t host_len = 0;
   int port;
   int n_threads = opts->n_threads > 0 ? opts->n_threads : 2;
-  grpc_arg args[2];
+  grpc_arg args[4];
   grpc_channel_args channel_args;
   grpc_server_credentials *creds;
   pthread_condattr_t cattr;
@@ -549,6 +659,11 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   srv = calloc(1, sizeof *srv);
   if (!srv) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   srv->registry = opts->registry;
+  srv->repository = opts->repository;
+  srv->max_receive_bytes = opts->max_receive_message_bytes ? opts->max_receive_message_bytes
+                                                           : VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES;
+  srv->max_send_bytes = opts->max_send_message_bytes ? opts->max_send_message_bytes
+                                                     : VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES;
   atomic_init(&srv->shutting_down, false);
   atomic_init(&srv->calls_in_flight, 0);
   atomic_init(&srv->n_cancelled, 0);
@@ -558,6 +673,10 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
   pthread_cond_init(&srv->cv, &cattr);
   pthread_condattr_destroy(&cattr);
+  if (!collect_services(srv) || velo_srv_health_create(srv, err) != VELO_OK) {
+    free_server(srv);
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  }
 
   /* Slots, each with its arrays initialised (freed by free_server). */
   for (int m = 0; m < VELO_SRV_METHOD_COUNT; m++)
@@ -586,14 +705,23 @@ velo_status velo_server_create(const velo_server_options *opts, velo_server **ou
   args[1].type = GRPC_ARG_INTEGER;
   args[1].key = (char *)GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET;
   args[1].value.integer = 1 << GRPC_COMPRESS_NONE;
-  channel_args.num_args = 2;
+  /* gRPC's limits above velod's: see grpc_limit. */
+  args[2].type = GRPC_ARG_INTEGER;
+  args[2].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  args[2].value.integer = grpc_limit(srv->max_receive_bytes);
+  args[3].type = GRPC_ARG_INTEGER;
+  args[3].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+  args[3].value.integer = grpc_limit(srv->max_send_bytes);
+  channel_args.num_args = 4;
   channel_args.args = args;
   srv->server = grpc_server_create(&channel_args, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
   for (int m = 0; m < VELO_SRV_METHOD_COUNT; m++)
     srv->method_handle[m] = grpc_server_register_method(
-        srv->server, method_path[m], NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        srv->server, method_path[m], NULL,
+        method_reads_stream[m] ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+        0);
 
   /* Threads first: everything that can fail comes before the bind, because
    * a server with a listener can only be destroyed after a shutdown. */
@@ -636,6 +764,7 @@ const char *velo_server_address(const velo_server *srv) {
 
 void velo_server_begin_shutdown(velo_server *srv) {
   if (atomic_exchange(&srv->shutting_down, true)) return;
+  velo_srv_health_shutdown(srv); /* NOT_SERVING first, Watch calls told */
   grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
 }
 

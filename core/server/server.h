@@ -1,8 +1,9 @@
 /*
  * server.h - velod's gRPC front end: serves velo.v1.TextGeneration,
- * velo.v1.Models and grpc.health.v1.Health on the gRPC core C API, mapping
- * each call onto the model registry and the task plugins' ABI.  Any other
- * method is answered UNIMPLEMENTED at once.
+ * velo.v1.Models, grpc.health.v1.Health (Check, Watch) and server
+ * reflection (grpc.reflection.v1alpha and v1) on the gRPC core C API,
+ * mapping each call onto the model registry and the task plugins' ABI.
+ * Any other method is answered UNIMPLEMENTED at once.
  *
  * It also provides the two host services that only the server can offer,
  * velo_server_respond and velo_server_call_cancelled, which velod puts into
@@ -30,6 +31,7 @@
 #include <stdint.h>
 
 #include "registry.h"
+#include "repository.h"
 #include "velo/plugin.h"
 
 typedef struct velo_server velo_server;
@@ -37,8 +39,21 @@ typedef struct velo_server velo_server;
 typedef struct velo_server_options {
   const char *listen;      /* "HOST:PORT" as gRPC accepts it; port 0 picks one */
   velo_registry *registry; /* borrowed; must outlive the server */
+  /* Borrowed; must outlive the server.  NULL: no model control (LoadModel
+   * and UnloadModel answer FAILED_PRECONDITION). */
+  velo_repository *repository;
   int n_threads;           /* completion-queue threads, 1..4 (0: 2) */
+  /* The largest request / response message, in bytes (0: the default,
+   * VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES; at most INT_MAX).  A request
+   * over the limit gets RESOURCE_EXHAUSTED "request message is N bytes,
+   * over --max-receive-message-bytes M"; a response over it ends its call
+   * with RESOURCE_EXHAUSTED naming --max-send-message-bytes.  gRPC's own
+   * limits are set higher (2x + 1 MiB) so that velod, not gRPC, answers. */
+  size_t max_receive_message_bytes;
+  size_t max_send_message_bytes;
 } velo_server_options;
+
+#define VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES ((size_t)8 << 20) /* 8 MiB */
 
 /* Creates the gRPC server, binds opts->listen (SO_REUSEPORT off, so a busy
  * port is an error rather than a shared one), starts it and its
@@ -68,8 +83,10 @@ velo_status velo_server_probe_listen(const char *listen, velo_error *err);
 const char *velo_server_address(const velo_server *srv);
 
 /* Stops accepting calls and asks gRPC to notify when every call in flight
- * has ended.  Calls in flight continue.  A call that gRPC had already
- * matched but that reaches velod's handlers after this is answered
+ * has ended.  First every health status becomes NOT_SERVING and each
+ * Health/Watch call is told so and then ended (UNAVAILABLE "server is
+ * shutting down").  Other calls in flight continue.  A call that gRPC had
+ * already matched but that reaches velod's handlers after this is answered
  * UNAVAILABLE "server is shutting down"; one that reaches gRPC after this is
  * dropped by gRPC core (its client sees CANCELLED).  Idempotent. */
 void velo_server_begin_shutdown(velo_server *srv);
@@ -82,6 +99,23 @@ bool velo_server_wait_shutdown(velo_server *srv, int timeout_ms);
  * call_cancelled() become true and stop at their next step).  Use after a
  * grace period, between begin_shutdown and a successful wait. */
 void velo_server_cancel_all(velo_server *srv);
+
+/* The serving status that grpc.health.v1.Health reports for a service. */
+typedef enum velo_server_health {
+  VELO_SERVER_SERVING = 1,     /* the numbers of HealthCheckResponse.ServingStatus */
+  VELO_SERVER_NOT_SERVING = 2,
+} velo_server_health;
+
+/* Sets the health status of service ("" is the whole server; otherwise a
+ * full service name such as "velo.v1.TextGeneration").  Every served
+ * service starts SERVING; a name not yet known is added, so a Watch that
+ * got SERVICE_UNKNOWN for it is told the new status.  Each Watch call on
+ * service whose status changes gets a message.  After
+ * velo_server_begin_shutdown every service stays NOT_SERVING and this
+ * returns FAILED_PRECONDITION.  INVALID_ARGUMENT for a NULL service,
+ * RESOURCE_EXHAUSTED when out of memory.  Thread-safe. */
+velo_status velo_server_set_health(velo_server *srv, const char *service,
+                                   velo_server_health status, velo_error *err);
 
 /* Calls currently in flight (all methods), for progress messages. */
 size_t velo_server_calls_in_flight(const velo_server *srv);

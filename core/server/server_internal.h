@@ -1,8 +1,9 @@
 /*
  * server_internal.h - what the parts of velod's gRPC front end share:
  * completion-queue tags, the server struct, message (de)serialisation and
- * the one-batch way of finishing a unary call.  Not installed; only
- * server.c, generate.c and services.c include it.
+ * the one-batch way of finishing a unary call, the message size limits.
+ * Not installed; only the front end's own sources in core/server
+ * include it.
  *
  * Every event on the server's completion queue carries a velo_srv_tag
  * embedded in the object it belongs to; the queue threads call its
@@ -21,6 +22,8 @@
 #include <stdint.h>
 
 #include "registry.h"
+#include "oip.h"
+#include "repository.h"
 #include "server.h"
 
 typedef struct velo_srv_tag {
@@ -32,7 +35,15 @@ typedef enum velo_srv_method {
   VELO_SRV_GENERATE = 0,
   VELO_SRV_TOKENIZE,
   VELO_SRV_LIST_MODELS,
+  VELO_SRV_LOAD_MODEL,
+  VELO_SRV_UNLOAD_MODEL,
   VELO_SRV_HEALTH_CHECK,
+  VELO_SRV_HEALTH_WATCH,
+  VELO_SRV_REFLECTION_V1ALPHA,
+  VELO_SRV_REFLECTION_V1,
+  /* inference.GRPCInferenceService (oip.h), in velo_oip_method order */
+  VELO_SRV_OIP_FIRST,
+  VELO_SRV_OIP_LAST = VELO_SRV_OIP_FIRST + VELO_OIP_METHOD_COUNT - 1,
   VELO_SRV_METHOD_COUNT
 } velo_srv_method;
 
@@ -57,6 +68,7 @@ struct velo_server {
   grpc_server *server;
   grpc_completion_queue *cq;
   velo_registry *registry;
+  velo_repository *repository; /* model control; may be NULL (none) */
   void *method_handle[VELO_SRV_METHOD_COUNT];
   velo_srv_slot slots[VELO_SRV_METHOD_COUNT * VELO_SRV_SLOTS_PER_METHOD +
                       VELO_SRV_SLOTS_CATCH_ALL];
@@ -74,6 +86,15 @@ struct velo_server {
 
   atomic_size_t calls_in_flight;
   atomic_uint_fast64_t n_cancelled;
+
+  /* Message size limits (--max-receive/send-message-bytes), in bytes. */
+  size_t max_receive_bytes;
+  size_t max_send_bytes;
+  /* The services velod serves ("pkg.Service"), derived from the
+   * registered method paths, in registration order; owned. */
+  char **services;
+  size_t n_services;
+  struct velo_srv_health *health; /* health.c; NULL until created */
 };
 
 /* The gRPC status for a velo_status (the same numbers; anything outside the
@@ -143,6 +164,22 @@ void velo_srv_finish_unary(struct velo_server *srv, grpc_call *call,
 /* Formats "a, b, c" (or "none") into buf: the names of the loaded models. */
 void velo_srv_model_names(struct velo_server *srv, char *buf, size_t size);
 
+/* The receive limit, for messages read with RECV_MESSAGE (streaming
+ * requests): GRPC_STATUS_OK when bytes <= srv->max_receive_bytes, else
+ * RESOURCE_EXHAUSTED with why = "request message is N bytes, over
+ * --max-receive-message-bytes M".  Requests read up front by the slots are
+ * checked in server.c before any handler sees them.  Thread-safe. */
+grpc_status_code velo_srv_check_receive_size(struct velo_server *srv, size_t bytes, char *why,
+                                             size_t why_size);
+
+/* The send limit: every response message goes through here before it is
+ * sent.  VELO_OK when bytes <= srv->max_send_bytes, else
+ * VELO_RESOURCE_EXHAUSTED with err naming the size and the option
+ * ("response message is N bytes, over --max-send-message-bytes M"); the
+ * caller then ends the call with that status instead of sending.
+ * velo_srv_finish_unary applies it itself.  Thread-safe. */
+velo_status velo_srv_check_send_size(struct velo_server *srv, size_t bytes, velo_error *err);
+
 /* Signals one call fewer in flight.  The last thing a finished call does
  * with the server: after it, the server may be destroyed. */
 void velo_srv_call_ended(struct velo_server *srv);
@@ -156,9 +193,36 @@ void velo_srv_handle_generate(struct velo_server *srv, grpc_call *call,
 
 /* --- services.c ------------------------------------------------------- */
 
-/* Serve one unary call of the given method (TOKENIZE, LIST_MODELS or
- * HEALTH_CHECK), with the same ownership as velo_srv_handle_generate. */
+/* Serve one unary call of the given method (TOKENIZE, LIST_MODELS), with
+ * the same ownership as velo_srv_handle_generate. */
 void velo_srv_handle_unary(struct velo_server *srv, velo_srv_method method,
                            grpc_call *call, grpc_byte_buffer *payload);
+
+/* --- health.c --------------------------------------------------------- */
+
+/* Creates srv->health: every service in srv->services and "" (the whole
+ * server) SERVING.  VELO_RESOURCE_EXHAUSTED when out of memory. */
+velo_status velo_srv_health_create(struct velo_server *srv, velo_error *err);
+
+/* Marks every service NOT_SERVING, tells each Watch call so, then ends it
+ * with UNAVAILABLE "server is shutting down".  Called by
+ * velo_server_begin_shutdown before gRPC stops accepting calls. */
+void velo_srv_health_shutdown(struct velo_server *srv);
+
+/* Frees srv->health (no Watch call may be left).  NULL-safe. */
+void velo_srv_health_destroy(struct velo_server *srv);
+
+/* Serves one Health/Check or Health/Watch call (method HEALTH_CHECK or
+ * HEALTH_WATCH), with the same ownership as velo_srv_handle_generate. */
+void velo_srv_handle_health(struct velo_server *srv, velo_srv_method method, grpc_call *call,
+                            grpc_byte_buffer *payload);
+
+/* --- reflection.c ----------------------------------------------------- */
+
+/* Serves one ServerReflectionInfo stream (method REFLECTION_V1ALPHA or
+ * REFLECTION_V1; the two are the same on the wire).  Takes over call (one
+ * reference) and the in-flight count. */
+void velo_srv_handle_reflection(struct velo_server *srv, velo_srv_method method,
+                                grpc_call *call);
 
 #endif

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "plugin_host.h"
 #include "registry.h"
+#include "repository.h"
 #include "server.h"
 
 #ifndef VELO_VERSION
@@ -63,6 +64,14 @@ typedef struct velod_options {
   const char *backend;
   int32_t threads;     /* 0: backend default */
   int64_t ctx_size;    /* 0: the model's */
+  size_t max_receive;  /* --max-receive-message-bytes */
+  size_t max_send;     /* --max-send-message-bytes */
+  const char *model_repository; /* --model-repository DIR, or NULL */
+  const char *model_control;    /* --model-control as given, or NULL */
+  velo_model_control control;
+  const char **load_models;     /* --load-model NAME..., borrowed from argv */
+  size_t n_load_models;
+  bool exit_on_error;           /* --exit-on-error (default true) */
   bool list_plugins;
   velo_log_level log_level;
 } velod_options;
@@ -75,20 +84,38 @@ typedef struct velod_options {
 static void usage(FILE *f) {
   fprintf(f,
           "Usage: velod [OPTION]...\n"
-          "Serve models over gRPC (velo.v1, grpc.health.v1).\n"
+          "Serve models over gRPC (velo.v1, grpc.health.v1, server reflection).\n"
           "\n"
           "  --listen HOST:PORT      address to serve on (default " DEFAULT_LISTEN ";\n"
           "                          port 0 picks a free port, logged at start-up)\n"
           "  --model [NAME=]PATH     load the model file PATH and serve it as NAME\n"
           "                          (default NAME: the file name without .gguf);\n"
-          "                          repeatable.  Without --model: models/" DEFAULT_MODEL_FILE "\n"
-          "                          of the repository, or ../shared/models/ next to it\n"
+          "                          repeatable.  Without --model or --model-repository:\n"
+          "                          models/" DEFAULT_MODEL_FILE " of the source tree, or\n"
+          "                          ../shared/models/ next to it\n"
           "  --plugin-dir DIR        look for plugins in DIR first\n"
           "  --backend auto|NAME     compute backend (default auto: the best available,\n"
           "                          falling back to cpu)\n"
           "  --threads N             backend threads per model (default: the backend's)\n"
           "  --ctx-size N            context length per sequence, in tokens\n"
           "                          (default: the model's)\n"
+          "  --model-repository DIR  serve the models of DIR: one subdirectory per model\n"
+          "                          with a config.json (see docs/repository.md)\n"
+          "  --model-control none|explicit\n"
+          "                          none (default): load every repository model at\n"
+          "                          start-up, refuse load/unload requests; explicit:\n"
+          "                          load only --load-model ones, then on request\n"
+          "  --load-model NAME       with explicit control: load NAME at start-up\n"
+          "                          (repeatable; '*' alone loads every model)\n"
+          "  --exit-on-error true|false\n"
+          "                          exit when a repository model fails to load at\n"
+          "                          start-up (default true); false: serve without it\n"
+          "  --max-receive-message-bytes N\n"
+          "                          largest request message velod accepts, in bytes\n"
+          "                          (default %zu = 8 MiB; at most 2147483647)\n"
+          "  --max-send-message-bytes N\n"
+          "                          largest response message velod sends, in bytes\n"
+          "                          (default %zu = 8 MiB; at most 2147483647)\n"
           "  --list-plugins          list the plugins found, probe them, and exit\n"
           "  --log-level LEVEL       debug, info, warn or error (default info)\n"
           "  --version               print the version and exit\n"
@@ -96,6 +123,7 @@ static void usage(FILE *f) {
           "\n"
           "SIGINT or SIGTERM shuts down gracefully: calls in flight get %d s, a second\n"
           "signal cancels them at once.  See docs/operations.md.\n",
+          VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES, VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES,
           SHUTDOWN_GRACE_S);
 }
 
@@ -169,7 +197,8 @@ static void print_version(void) {
 /* Fills *o from argv, or exits (0 for --help/--version, 2 for errors). */
 static void parse_options(int argc, char **argv, velod_options *o) {
   enum { OPT_LISTEN = 256, OPT_MODEL, OPT_PLUGIN_DIR, OPT_BACKEND, OPT_THREADS, OPT_CTX,
-         OPT_LIST, OPT_LOG_LEVEL, OPT_VERSION };
+         OPT_LIST, OPT_LOG_LEVEL, OPT_VERSION, OPT_MAX_RECV, OPT_MAX_SEND, OPT_REPOSITORY,
+         OPT_CONTROL, OPT_LOAD_MODEL, OPT_EXIT_ON_ERROR };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, OPT_LISTEN},
       {"model", required_argument, NULL, OPT_MODEL},
@@ -178,6 +207,12 @@ static void parse_options(int argc, char **argv, velod_options *o) {
       {"threads", required_argument, NULL, OPT_THREADS},
       {"ctx-size", required_argument, NULL, OPT_CTX},
       {"list-plugins", no_argument, NULL, OPT_LIST},
+      {"max-receive-message-bytes", required_argument, NULL, OPT_MAX_RECV},
+      {"max-send-message-bytes", required_argument, NULL, OPT_MAX_SEND},
+      {"model-repository", required_argument, NULL, OPT_REPOSITORY},
+      {"model-control", required_argument, NULL, OPT_CONTROL},
+      {"load-model", required_argument, NULL, OPT_LOAD_MODEL},
+      {"exit-on-error", required_argument, NULL, OPT_EXIT_ON_ERROR},
       {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
       {"version", no_argument, NULL, OPT_VERSION},
       {"help", no_argument, NULL, 'h'},
@@ -188,6 +223,9 @@ static void parse_options(int argc, char **argv, velod_options *o) {
   o->listen = DEFAULT_LISTEN;
   o->backend = "auto";
   o->log_level = VELO_LOG_INFO;
+  o->max_receive = VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES;
+  o->max_send = VELO_SERVER_DEFAULT_MAX_MESSAGE_BYTES;
+  o->exit_on_error = true;
   opterr = 0; /* our own messages */
   while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
@@ -223,6 +261,44 @@ static void parse_options(int argc, char **argv, velod_options *o) {
       case OPT_LIST:
         o->list_plugins = true;
         break;
+      case OPT_MAX_RECV:
+        o->max_receive = (size_t)parse_int("--max-receive-message-bytes", optarg, 1, INT_MAX);
+        break;
+      case OPT_MAX_SEND:
+        o->max_send = (size_t)parse_int("--max-send-message-bytes", optarg, 1, INT_MAX);
+        break;
+      case OPT_REPOSITORY:
+        if (optarg[0] == '\0') bad_usage("--model-repository needs a directory");
+        o->model_repository = optarg;
+        break;
+      case OPT_CONTROL:
+        if (strcmp(optarg, "none") == 0)
+          o->control = VELO_MODEL_CONTROL_NONE;
+        else if (strcmp(optarg, "explicit") == 0)
+          o->control = VELO_MODEL_CONTROL_EXPLICIT;
+        else
+          bad_usage("--model-control expects none or explicit, got '%s'", optarg);
+        o->model_control = optarg;
+        break;
+      case OPT_LOAD_MODEL: {
+        const char **grown = realloc(o->load_models, (o->n_load_models + 1) * sizeof *grown);
+        if (!grown) {
+          fputs("velod: out of memory\n", stderr);
+          exit(EXIT_START_FAILED);
+        }
+        if (optarg[0] == '\0') bad_usage("--load-model needs a model name");
+        o->load_models = grown;
+        o->load_models[o->n_load_models++] = optarg;
+        break;
+      }
+      case OPT_EXIT_ON_ERROR:
+        if (strcmp(optarg, "true") == 0)
+          o->exit_on_error = true;
+        else if (strcmp(optarg, "false") == 0)
+          o->exit_on_error = false;
+        else
+          bad_usage("--exit-on-error expects true or false, got '%s'", optarg);
+        break;
       case OPT_LOG_LEVEL:
         if (!parse_log_level(optarg, &o->log_level))
           bad_usage("--log-level expects debug, info, warn or error, got '%s'", optarg);
@@ -240,6 +316,13 @@ static void parse_options(int argc, char **argv, velod_options *o) {
     }
   }
   if (optind < argc) bad_usage("unexpected argument '%s'", argv[optind]);
+  if (o->model_control && !o->model_repository)
+    bad_usage("--model-control needs --model-repository DIR");
+  if (o->n_load_models && o->control != VELO_MODEL_CONTROL_EXPLICIT)
+    bad_usage("--load-model needs --model-control explicit (with none, every model is loaded)");
+  for (size_t i = 0; i < o->n_load_models; i++)
+    if (strcmp(o->load_models[i], "*") == 0 && o->n_load_models > 1)
+      bad_usage("--load-model '*' loads every model and must be the only --load-model");
 }
 
 /* Frees what parse_options (and the default-model lookup) allocated. */
@@ -249,6 +332,7 @@ static void free_options(velod_options *o) {
     free(o->models[i].path);
   }
   free(o->models);
+  free(o->load_models);
 }
 
 /* ------------------------------------------------------------------ */
@@ -488,6 +572,7 @@ int main(int argc, char **argv) {
   velo_plugin_host *ph = NULL;
   velo_plugin_host_options pho = {0};
   velo_registry *reg = NULL;
+  velo_repository *repo = NULL;
   velo_server *srv = NULL;
   velo_server_options so = {0};
   velo_error err;
@@ -502,7 +587,7 @@ int main(int argc, char **argv) {
     free_options(&o);
     return rc;
   }
-  if (o.n_models == 0) {
+  if (o.n_models == 0 && !o.model_repository) {
     char *path = find_default_model();
     if (!path) {
       free_options(&o);
@@ -558,10 +643,30 @@ int main(int argc, char **argv) {
     goto out;
   }
   if (!load_models(reg, &o)) goto out;
+  /* The repository after the --model models (a name taken by one of them
+   * leaves the repository's model UNAVAILABLE). */
+  if (velo_repository_open(o.model_repository, reg, o.control, o.load_models, o.n_load_models,
+                           &repo, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "%s", err.message);
+    goto out;
+  }
+  {
+    char why[VELO_ERROR_MESSAGE_MAX + 64];
+    if (o.exit_on_error && !velo_repository_ready(repo, why, sizeof why)) {
+      velo_log(VELO_LOG_ERROR, LOG_SOURCE,
+               "%s; exiting (--exit-on-error true; with --exit-on-error false velod serves the "
+               "other models and reports it UNAVAILABLE)",
+               why);
+      goto out;
+    }
+  }
 
   so.listen = o.listen;
   so.registry = reg;
+  so.repository = repo;
   so.n_threads = 2;
+  so.max_receive_message_bytes = o.max_receive;
+  so.max_send_message_bytes = o.max_send;
   if (velo_server_create(&so, &srv, &err) != VELO_OK) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "%s", err.message);
     goto out;
@@ -583,6 +688,10 @@ int main(int argc, char **argv) {
   }
   velo_log(VELO_LOG_INFO, LOG_SOURCE, "listening on %s, serving %zu model(s): %s",
            velo_server_address(srv), n_models, names);
+  velo_log(VELO_LOG_INFO, LOG_SOURCE,
+           "message limits: requests up to %zu bytes (--max-receive-message-bytes), responses "
+           "up to %zu bytes (--max-send-message-bytes)",
+           o.max_receive, o.max_send);
 
   serve_until_signal(srv, &signals);
   velo_log(VELO_LOG_INFO, LOG_SOURCE, "server stopped (%llu generate call(s) were cancelled)",
@@ -591,6 +700,7 @@ int main(int argc, char **argv) {
 
 out:
   velo_server_destroy(srv); /* the server and its queue, before the models */
+  velo_repository_close(repo);
   if (reg) velo_registry_destroy(reg);
   velo_plugin_host_destroy(ph);
   grpc_shutdown();

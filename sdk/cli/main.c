@@ -8,6 +8,7 @@
  *   velo models
  *   velo tokenize "Once upon a time"
  *   velo health
+ *   velo load NAME / velo unload NAME   (model control, --model-control explicit)
  *
  * Generated text goes to stdout as it streams in (flushed after every
  * message); the finish reason and token counts go to stderr at the end.
@@ -29,20 +30,22 @@
 
 #define DEFAULT_SERVER "127.0.0.1:50051"
 #define DEFAULT_UNARY_TIMEOUT_MS 10000L
+#define DEFAULT_CONTROL_TIMEOUT_MS 600000L /* load/unload: as long as a model load */
 
-enum command { CMD_NONE, CMD_GENERATE, CMD_MODELS, CMD_TOKENIZE, CMD_HEALTH };
+enum command { CMD_NONE, CMD_GENERATE, CMD_MODELS, CMD_TOKENIZE, CMD_HEALTH, CMD_LOAD, CMD_UNLOAD };
 
 /* Bits saying which commands accept an option. */
 #define FOR_GENERATE (1u << CMD_GENERATE)
 #define FOR_MODELS (1u << CMD_MODELS)
 #define FOR_TOKENIZE (1u << CMD_TOKENIZE)
 #define FOR_HEALTH (1u << CMD_HEALTH)
-#define FOR_ALL (FOR_GENERATE | FOR_MODELS | FOR_TOKENIZE | FOR_HEALTH)
+#define FOR_CONTROL ((1u << CMD_LOAD) | (1u << CMD_UNLOAD))
+#define FOR_ALL (FOR_GENERATE | FOR_MODELS | FOR_TOKENIZE | FOR_HEALTH | FOR_CONTROL)
 
 /* Everything the command line can say. */
 typedef struct options {
   enum command cmd;
-  const char *text; /* the prompt (generate) or the text (tokenize) */
+  const char *text; /* the prompt (generate), the text (tokenize), the model (load, unload) */
   const char *server;
   const char *model;
   const char *service; /* health */
@@ -113,14 +116,19 @@ static void usage(FILE *f) {
       "  models             list the served models\n"
       "  tokenize TEXT      print the token ids of TEXT as the model tokenizes a prompt\n"
       "  health             ask velod's health service (exit 0 when SERVING)\n"
+      "  load NAME          load (or reload) the repository model NAME; waits until\n"
+      "                     it is ready (needs velod --model-control explicit)\n"
+      "  unload NAME        unload model NAME; its requests in flight end UNAVAILABLE\n"
       "\n"
       "options (all commands):\n"
       "  --server HOST:PORT velod's address (default $VELO_SERVER, else " DEFAULT_SERVER ")\n"
-      "  --timeout SECONDS  deadline per call (default 10 s; generate: none)\n"
+      "  --timeout SECONDS  deadline per call (default 10 s; generate: none;\n"
+      "                     load, unload: 600 s)\n"
       "  -h, --help         this text;  --version  the CLI's version\n"
       "\n"
       "generate and tokenize:\n"
-      "  --model NAME       served model (default: the first one velod lists)\n"
+      "  --model NAME       served model (default: the first READY text-generation\n"
+      "                     model velod lists)\n"
       "\n"
       "generate (unset: the server's defaults):\n"
       "  --max-tokens N     tokens to generate, >= 0\n"
@@ -188,6 +196,8 @@ static enum command command_of(const char *s) {
   if (strcmp(s, "models") == 0) return CMD_MODELS;
   if (strcmp(s, "tokenize") == 0) return CMD_TOKENIZE;
   if (strcmp(s, "health") == 0) return CMD_HEALTH;
+  if (strcmp(s, "load") == 0) return CMD_LOAD;
+  if (strcmp(s, "unload") == 0) return CMD_UNLOAD;
   return CMD_NONE;
 }
 
@@ -355,11 +365,14 @@ static int parse_args(int argc, char **argv, options *o) {
     if (rc) return rc;
   }
 
-  int want = (o->cmd == CMD_GENERATE || o->cmd == CMD_TOKENIZE) ? 1 : 0;
+  bool control = o->cmd == CMD_LOAD || o->cmd == CMD_UNLOAD;
+  int want = (o->cmd == CMD_GENERATE || o->cmd == CMD_TOKENIZE || control) ? 1 : 0;
   if (n_pos != want) {
     char what[96];
     snprintf(what, sizeof what, "'%s' takes %s", cmd_name,
-             want ? "exactly one argument (quote the text)" : "no arguments");
+             control ? "exactly one argument (the model name)"
+             : want  ? "exactly one argument (quote the text)"
+                     : "no arguments");
     return usage_error(what, n_pos ? positional[n_pos - 1] : NULL);
   }
   o->text = want ? positional[0] : NULL;
@@ -395,6 +408,15 @@ static uint8_t *pack_message(const ProtobufCMessage *m, size_t *len) {
   return buf;
 }
 
+/* A ModelInfo's state: "READY" when an older velod sent none (it listed
+ * only loaded models). */
+static const char *state_of(const Velo__V1__ModelInfo *mi) {
+  return mi->state && *mi->state ? mi->state : "READY";
+}
+
+/* "-" for an empty column. */
+static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
+
 /* Calls ListModels.  Returns the unpacked response (free it with
  * velo__v1__list_models_response__free_unpacked) or NULL after printing
  * why. */
@@ -418,17 +440,21 @@ static Velo__V1__ListModelsResponse *list_models(velo_client *c, const options *
   return m;
 }
 
-/* The model a command uses: --model, else the first one velod lists.
+/* The model a command uses: --model, else the first READY text-generation
+ * model velod lists, else the first READY one.
  * Returns a malloc'd name, or NULL after printing why. */
 static char *choose_model(velo_client *c, const options *o) {
   if (o->model) return strdup(o->model);
   Velo__V1__ListModelsResponse *m = list_models(c, o);
   if (!m) return NULL;
   char *name = NULL;
-  if (m->n_models == 0)
-    fprintf(stderr, "velo: velod at %s serves no models\n", o->server);
-  else
-    name = strdup(m->models[0]->name);
+  /* A text-generation model first (generate and tokenize need one). */
+  for (int pass = 0; pass < 2 && !name; pass++)
+    for (size_t i = 0; i < m->n_models && !name; i++)
+      if (strcmp(state_of(m->models[i]), "READY") == 0 &&
+          (pass == 1 || strcmp(m->models[i]->task, "text-generation") == 0))
+        name = strdup(m->models[i]->name);
+  if (!name) fprintf(stderr, "velo: velod at %s serves no models that are READY\n", o->server);
   velo__v1__list_models_response__free_unpacked(m, NULL);
   return name;
 }
@@ -502,29 +528,64 @@ static int cmd_generate(velo_client *c, options *o) {
   return 0;
 }
 
+/* velo models: one aligned row per model (name, state, task, backend,
+ * device, context, file); a model that is not READY gets a second,
+ * indented line with the reason. */
 static int cmd_models(velo_client *c, const options *o) {
   Velo__V1__ListModelsResponse *m = list_models(c, o);
   if (!m) return 1;
-  const char *head[] = {"NAME", "TASK", "BACKEND", "DEVICE", "CONTEXT", "FILE"};
-  int w[5];
-  for (int k = 0; k < 5; k++) w[k] = (int)strlen(head[k]);
+  const char *head[] = {"NAME", "STATE", "TASK", "BACKEND", "DEVICE", "CONTEXT", "FILE"};
+  int w[6];
+  for (int k = 0; k < 6; k++) w[k] = (int)strlen(head[k]);
   char ctx[32];
   for (size_t i = 0; i < m->n_models; i++) {
     const Velo__V1__ModelInfo *mi = m->models[i];
-    const char *col[4] = {mi->name, mi->task, mi->backend, mi->device};
-    for (int k = 0; k < 4; k++)
+    const char *col[5] = {mi->name, state_of(mi), or_dash(mi->task), or_dash(mi->backend),
+                          or_dash(mi->device)};
+    for (int k = 0; k < 5; k++)
       if ((int)strlen(col[k]) > w[k]) w[k] = (int)strlen(col[k]);
     int n = snprintf(ctx, sizeof ctx, "%lld", (long long)mi->context_length);
-    if (n > w[4]) w[4] = n;
+    if (n > w[5]) w[5] = n;
   }
-  printf("%-*s  %-*s  %-*s  %-*s  %*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2], w[3],
-         head[3], w[4], head[4], head[5]);
+  printf("%-*s  %-*s  %-*s  %-*s  %-*s  %*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2],
+         w[3], head[3], w[4], head[4], w[5], head[5], head[6]);
   for (size_t i = 0; i < m->n_models; i++) {
     const Velo__V1__ModelInfo *mi = m->models[i];
-    printf("%-*s  %-*s  %-*s  %-*s  %*lld  %s\n", w[0], mi->name, w[1], mi->task, w[2],
-           mi->backend, w[3], mi->device, w[4], (long long)mi->context_length, mi->file);
+    bool loaded = mi->task && *mi->task;
+    if (loaded)
+      snprintf(ctx, sizeof ctx, "%lld", (long long)mi->context_length);
+    else
+      snprintf(ctx, sizeof ctx, "-");
+    printf("%-*s  %-*s  %-*s  %-*s  %-*s  %*s  %s\n", w[0], mi->name, w[1], state_of(mi), w[2],
+           or_dash(mi->task), w[3], or_dash(mi->backend), w[4], or_dash(mi->device), w[5], ctx,
+           or_dash(mi->file));
+    if (strcmp(state_of(mi), "READY") != 0 && mi->reason && *mi->reason &&
+        strcmp(mi->reason, "not loaded") != 0)
+      printf("  %s: %s\n", mi->name, mi->reason);
   }
   velo__v1__list_models_response__free_unpacked(m, NULL);
+  return 0;
+}
+
+/* velo load NAME / velo unload NAME: Models/LoadModel or UnloadModel;
+ * prints "model NAME loaded" / "unloaded" on success. */
+static int cmd_control(velo_client *c, const options *o) {
+  bool load = o->cmd == CMD_LOAD;
+  Velo__V1__LoadModelRequest lreq = VELO__V1__LOAD_MODEL_REQUEST__INIT;
+  Velo__V1__UnloadModelRequest ureq = VELO__V1__UNLOAD_MODEL_REQUEST__INIT;
+  lreq.name = ureq.name = (char *)o->text;
+  size_t len;
+  uint8_t *buf = pack_message(load ? &lreq.base : &ureq.base, &len);
+  uint8_t *resp = NULL;
+  size_t resp_len = 0;
+  velo_rpc_error err;
+  long timeout_ms = o->has_timeout ? (long)(o->timeout_s * 1000.0 + 0.5) : DEFAULT_CONTROL_TIMEOUT_MS;
+  int rc = velo_client_unary(c, load ? "/velo.v1.Models/LoadModel" : "/velo.v1.Models/UnloadModel",
+                             buf, len, timeout_ms, &resp, &resp_len, &err);
+  free(buf);
+  free(resp);
+  if (rc != 0) return report_rpc_error(o, load ? "LoadModel" : "UnloadModel", &err);
+  printf("model %s %s\n", o->text, load ? "loaded" : "unloaded");
   return 0;
 }
 
@@ -607,6 +668,8 @@ int main(int argc, char **argv) {
     case CMD_MODELS: rc = cmd_models(c, &o); break;
     case CMD_TOKENIZE: rc = cmd_tokenize(c, &o); break;
     case CMD_HEALTH: rc = cmd_health(c, &o); break;
+    case CMD_LOAD:
+    case CMD_UNLOAD: rc = cmd_control(c, &o); break;
     case CMD_NONE: rc = 2; break;
   }
   velo_client_close(c);

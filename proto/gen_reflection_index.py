@@ -1,0 +1,213 @@
+#!/usr/bin/python3
+"""gen_reflection_index.py - turns the descriptor set velod serves through
+server reflection into C: the serialized FileDescriptorProto of every file,
+each file's transitive dependencies, and sorted tables from fully-qualified
+symbol names and extensions to files.  velod's reflection service
+(core/server/reflection.c) answers from these tables alone, so the C code
+never parses a descriptor.
+
+    gen_reflection_index.py DESCRIPTOR_SET OUT.c OUT.h
+
+DESCRIPTOR_SET is `protoc --descriptor_set_out=... --include_imports` output
+(a google.protobuf.FileDescriptorSet).  Run it with Debian's /usr/bin/python3,
+which has python3-protobuf (google.protobuf.descriptor_pb2).
+
+Symbols indexed, as protobuf scopes them (what DescriptorPool.FindSymbol
+finds, and so what a reflection client may ask file_containing_symbol for):
+packages are not symbols; services ("pkg.Svc"), methods ("pkg.Svc.M"),
+messages and nested messages ("pkg.Outer.Inner"), enums, enum values (in the
+scope that holds the enum: "pkg.Outer.VALUE"), fields ("pkg.Msg.field"),
+oneofs, and extensions.  Symbols are sorted by their UTF-8 bytes (strcmp
+order) for bsearch; extensions by (extendee, number).
+"""
+import sys
+
+from google.protobuf import descriptor_pb2
+
+KIND_MESSAGE, KIND_ENUM, KIND_SERVICE, KIND_OTHER = "MESSAGE", "ENUM", "SERVICE", "OTHER"
+
+
+def c_string(s):
+    """A C string literal for s (ASCII names; anything else escaped)."""
+    out = []
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 0x20 <= b < 0x7F and c != "?":
+            out.append(c)
+        else:
+            out.append("\\%03o" % b)
+    return '"' + "".join(out) + '"'
+
+
+def walk_message(scope, msg, file_index, symbols, extensions):
+    """Indexes a message, its fields, oneofs, nested types and extensions."""
+    name = scope + msg.name
+    symbols.append((name, file_index, KIND_MESSAGE))
+    for f in msg.field:
+        symbols.append((name + "." + f.name, file_index, KIND_OTHER))
+    for o in msg.oneof_decl:
+        symbols.append((name + "." + o.name, file_index, KIND_OTHER))
+    for nested in msg.nested_type:
+        walk_message(name + ".", nested, file_index, symbols, extensions)
+    for e in msg.enum_type:
+        walk_enum(name + ".", e, file_index, symbols)
+    for ext in msg.extension:
+        add_extension(name + ".", ext, file_index, symbols, extensions)
+
+
+def walk_enum(scope, enum, file_index, symbols):
+    """Indexes an enum and its values (which live in the enum's scope)."""
+    symbols.append((scope + enum.name, file_index, KIND_ENUM))
+    for v in enum.value:
+        symbols.append((scope + v.name, file_index, KIND_OTHER))
+
+
+def add_extension(scope, ext, file_index, symbols, extensions):
+    """Indexes an extension as a symbol and by (extendee, number)."""
+    symbols.append((scope + ext.name, file_index, KIND_OTHER))
+    extensions.append((ext.extendee.lstrip("."), ext.number, file_index))
+
+
+def closure(files, by_name, i):
+    """File i, then its dependencies depth first, each once: the files a
+    reflection answer for file i carries."""
+    order, seen = [], set()
+
+    def visit(k):
+        if k in seen:
+            return
+        seen.add(k)
+        order.append(k)
+        for dep in files[k].dependency:
+            visit(by_name[dep])
+    visit(i)
+    return order
+
+
+def main(argv):
+    if len(argv) != 4:
+        sys.exit("usage: gen_reflection_index.py DESCRIPTOR_SET OUT.c OUT.h")
+    with open(argv[1], "rb") as f:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(f.read())
+    files = list(fds.file)
+    by_name = {fd.name: i for i, fd in enumerate(files)}
+    for fd in files:
+        for dep in fd.dependency:
+            if dep not in by_name:
+                sys.exit("%s imports %s, which is not in the set (use --include_imports)"
+                         % (fd.name, dep))
+
+    symbols, extensions = [], []
+    for i, fd in enumerate(files):
+        scope = fd.package + "." if fd.package else ""
+        for msg in fd.message_type:
+            walk_message(scope, msg, i, symbols, extensions)
+        for enum in fd.enum_type:
+            walk_enum(scope, enum, i, symbols)
+        for svc in fd.service:
+            symbols.append((scope + svc.name, i, KIND_SERVICE))
+            for m in svc.method:
+                symbols.append((scope + svc.name + "." + m.name, i, KIND_OTHER))
+        for ext in fd.extension:
+            add_extension(scope, ext, i, symbols, extensions)
+    symbols.sort(key=lambda s: s[0].encode("utf-8"))
+    for a, b in zip(symbols, symbols[1:]):
+        if a[0] == b[0]:
+            sys.exit("symbol %s defined twice (%s, %s)" % (a[0], files[a[1]].name,
+                                                          files[b[1]].name))
+    extensions.sort(key=lambda e: (e[0].encode("utf-8"), e[1]))
+
+    header = """/* Generated by proto/gen_reflection_index.py: do not edit.
+ *
+ * The descriptors velod serves through server reflection, and indexes into
+ * them.  Everything is constant data; the arrays are sorted as stated. */
+#ifndef VELO_REFLECTION_DATA_H
+#define VELO_REFLECTION_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum velo_refl_kind {
+  VELO_REFL_MESSAGE,
+  VELO_REFL_ENUM,
+  VELO_REFL_SERVICE,
+  VELO_REFL_OTHER /* method, field, oneof, enum value, extension */
+} velo_refl_kind;
+
+typedef struct velo_refl_file {
+  const char *name;              /* e.g. "velo/v1/velo.proto" */
+  const uint8_t *data;           /* serialized FileDescriptorProto */
+  size_t size;                   /* bytes of data */
+  const uint16_t *closure;       /* this file, then its transitive dependencies */
+  size_t n_closure;
+} velo_refl_file;
+
+typedef struct velo_refl_symbol {
+  const char *name;              /* fully-qualified, no leading dot */
+  uint16_t file;                 /* index into velo_refl_files */
+  velo_refl_kind kind;
+} velo_refl_symbol;
+
+typedef struct velo_refl_extension {
+  const char *extendee;          /* fully-qualified message name */
+  int32_t number;
+  uint16_t file;
+} velo_refl_extension;
+
+extern const velo_refl_file velo_refl_files[];
+extern const size_t velo_refl_n_files;
+/* Sorted by strcmp(name). */
+extern const velo_refl_symbol velo_refl_symbols[];
+extern const size_t velo_refl_n_symbols;
+/* Sorted by strcmp(extendee), then number. */
+extern const velo_refl_extension velo_refl_extensions[];
+extern const size_t velo_refl_n_extensions;
+
+#endif
+"""
+    out = ["/* Generated by proto/gen_reflection_index.py from %s: do not edit. */"
+           % argv[1].rsplit("/", 1)[-1],
+           '#include "velo_reflection_data.h"', ""]
+    for i, fd in enumerate(files):
+        data = fd.SerializeToString()
+        out.append("/* %s */" % fd.name.replace("*/", "*\\/"))
+        out.append("static const uint8_t file_%d[%d] = {" % (i, len(data)))
+        for k in range(0, len(data), 16):
+            out.append("  " + ", ".join("0x%02x" % b for b in data[k:k + 16]) + ",")
+        out.append("};")
+        order = closure(files, by_name, i)
+        out.append("static const uint16_t closure_%d[%d] = {%s};" % (
+            i, len(order), ", ".join(str(k) for k in order)))
+        out.append("")
+    out.append("const velo_refl_file velo_refl_files[] = {")
+    for i, fd in enumerate(files):
+        out.append("  {%s, file_%d, sizeof file_%d, closure_%d, sizeof closure_%d / "
+                   "sizeof closure_%d[0]}," % (c_string(fd.name), i, i, i, i, i))
+    out.append("};")
+    out.append("const size_t velo_refl_n_files = %d;" % len(files))
+    out.append("")
+    out.append("const velo_refl_symbol velo_refl_symbols[] = {")
+    for name, i, kind in symbols:
+        out.append("  {%s, %d, VELO_REFL_%s}," % (c_string(name), i, kind))
+    if not symbols:
+        out.append("  {0},")
+    out.append("};")
+    out.append("const size_t velo_refl_n_symbols = %d;" % len(symbols))
+    out.append("")
+    out.append("const velo_refl_extension velo_refl_extensions[] = {")
+    for extendee, number, i in extensions:
+        out.append("  {%s, %d, %d}," % (c_string(extendee), number, i))
+    if not extensions:
+        out.append("  {0},  /* none; C has no empty arrays */")
+    out.append("};")
+    out.append("const size_t velo_refl_n_extensions = %d;" % len(extensions))
+    with open(argv[2], "w") as f:
+        f.write("\n".join(out) + "\n")
+    with open(argv[3], "w") as f:
+        f.write(header)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
