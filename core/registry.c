@@ -91,7 +91,10 @@ bool velo_model_entry_unloading(const velo_model_entry *pub) {
 velo_status velo_model_entry_submit(velo_model_entry *pub, const velo_request *req,
                                     velo_error *err) {
   entry *e = (entry *)pub;
-  pthread_rwlock_rdlock(&e->lock);
+  /* Never wait for an unload: it holds the write lock while it ends the
+   * model's requests, and a front-end thread must not block meanwhile. */
+  if (atomic_load(&e->unloading) || pthread_rwlock_tryrdlock(&e->lock) != 0)
+    return velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
   velo_status st;
   if (!e->model || atomic_load(&e->unloading))
     st = velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
@@ -107,7 +110,8 @@ velo_status velo_model_entry_tokenize(velo_model_entry *pub, const char *text, s
   entry *e = (entry *)pub;
   *ids = NULL;
   *n_ids = 0;
-  pthread_rwlock_rdlock(&e->lock);
+  if (atomic_load(&e->unloading) || pthread_rwlock_tryrdlock(&e->lock) != 0)
+    return velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
   velo_status st;
   const velo_text_ext *ext = NULL;
   if (!e->model || atomic_load(&e->unloading)) {
