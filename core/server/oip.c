@@ -98,24 +98,18 @@ static void server_live(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
 }
 
 /* ServerReady: velod listens only once the models given at start-up are
- * loaded; from then on it is ready until its shutdown begins, except while
- * a loaded model is being unloaded. */
+ * loaded; from then on it is ready until its shutdown begins, as long as
+ * every start-up model of the repository that was not unloaded on request
+ * is READY (velo_repository_ready: a model that failed to load with
+ * --exit-on-error false, or one being reloaded, makes it false).  Models
+ * given with --model leave only when unloaded on request. */
 static void server_ready(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ServerReadyResponse resp = INFERENCE__SERVER_READY_RESPONSE__INIT;
   ProtobufCMessage *req = decode_or_fail(srv, call, payload, &inference__server_ready_request__descriptor);
-  velo_model_entry **list = NULL;
-  size_t n;
-  bool ready = !atomic_load(&srv->shutting_down);
-
   if (!req) return;
   protobuf_c_message_free_unpacked(req, NULL);
-  n = velo_registry_list(srv->registry, &list);
-  for (size_t i = 0; i < n; i++) {
-    if (velo_model_entry_unloading(list[i])) ready = false;
-    velo_model_entry_release(list[i]);
-  }
-  free(list);
-  resp.ready = ready;
+  resp.ready = !atomic_load(&srv->shutting_down) &&
+               (!srv->repository || velo_repository_ready(srv->repository, NULL, 0));
   reply(srv, call, &resp.base);
 }
 

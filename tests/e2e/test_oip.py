@@ -6,11 +6,15 @@ that drift between velod's definition and the published one shows here.
 
 One velod for the module, serving a temporary model repository with the
 identity model and stories260K as a text-generation model.  Checked:
+every message, field and method of the published definition is in velod's
+own (as its server reflection describes it) with the same numbers and types;
 ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata; identity
 round trips for FP32, INT64, BOOL, BYTES and FP16 tensors as typed contents
-and as raw_input_contents, compared bit for bit; text generation through
-ModelInfer and ModelStreamInfer equal to velo.v1 Generate and to llama.cpp's
-reference text.
+and as raw_input_contents, compared bit for bit (FP16 has no typed field: it
+is raw only, and typed FP16 is refused), plus the other datatypes, empty and
+scalar tensors; text generation through ModelInfer and ModelStreamInfer
+(chunks concatenated, the last response flagged final) equal to velo.v1
+Generate and to llama.cpp's reference text; errors on a stream that goes on.
 """
 import grpc
 import numpy as np
