@@ -138,6 +138,7 @@ static void model_ready(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
 /* Metadata                                                            */
 /* ------------------------------------------------------------------ */
 
+/* ServerMetadata: "velo", the release, the extensions (VELO_OIP_EXTENSIONS). */
 static void server_metadata(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   static char *extensions[] = {
 #define VELO_OIP_EXT_(name) (char *)name,
@@ -171,6 +172,8 @@ static void tensor_metadata(const velo_io_desc *d, size_t n,
   }
 }
 
+/* ModelMetadata: the platform and the declared inputs and outputs copied
+ * into the model entry at load (velo_model_entry); version "1". */
 static void model_metadata(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   static char *versions[] = {(char *)"1"};
   Inference__ModelMetadataResponse resp = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
@@ -219,6 +222,9 @@ typedef struct stats_storage {
   Inference__StatisticDuration d[8]; /* success, fail, queue, compute x3, cache x2 */
 } stats_storage;
 
+/* Fills s from e's counters (atomic loads: a snapshot, each counter
+ * consistent on its own); s points into e's name, so e must stay
+ * acquired until s is packed. */
 static void fill_stats(stats_storage *s, velo_model_entry *e) {
   Inference__StatisticDuration **slot[8];
   inference__model_statistics__init(&s->ms);
@@ -250,6 +256,7 @@ static void fill_stats(stats_storage *s, velo_model_entry *e) {
   s->ms.inference_stats = &s->is;
 }
 
+/* ModelStatistics: one model (name set) or every loaded model. */
 static void model_statistics(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ModelStatisticsResponse resp = INFERENCE__MODEL_STATISTICS_RESPONSE__INIT;
   Inference__ModelStatisticsRequest *req = (Inference__ModelStatisticsRequest *)decode_or_fail(
@@ -315,6 +322,8 @@ static bool repository_name_ok(velo_server *srv, grpc_call *call, const char *na
   return false;
 }
 
+/* RepositoryIndex: the repository's index (velo_repository_index), or
+ * the loaded models when velod has no repository object. */
 static void repository_index(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__RepositoryIndexResponse resp = INFERENCE__REPOSITORY_INDEX_RESPONSE__INIT;
   Inference__RepositoryIndexRequest *req = (Inference__RepositoryIndexRequest *)decode_or_fail(
@@ -376,6 +385,8 @@ typedef struct repo_job {
   char *name;
 } repo_job;
 
+/* The thread of one load or unload: runs it, finishes the call (which the
+ * job owns, with its in-flight count) and frees the job. */
 static void *repo_job_main(void *arg) {
   repo_job *job = arg;
   velo_server *srv = job->srv;

@@ -12,7 +12,8 @@
  *                    number of them at once, and sends one
  *                    ModelStreamInferResponse per task response; it ends
  *                    with OK once the client has sent its last request and
- *                    every request has had its final response.
+ *                    every request has had its final response.  At most
+ *                    STREAM_MAX_ACTIVE requests of a stream run at once.
  *   struct velo_call one request inside an oip_rpc: the decoded message,
  *                    the converted tensors and parameters, the model entry.
  *                    It is what the task plugin holds between submit() and
@@ -48,6 +49,11 @@
 
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* The most requests of one ModelStreamInfer call that run at once; with
+ * that many running, velod reads the next request only when one has ended
+ * (gRPC's flow control then holds the client back). */
+#define STREAM_MAX_ACTIVE 32
+
 typedef struct out_msg {
   struct out_msg *next;
   grpc_byte_buffer *bb;
@@ -76,6 +82,7 @@ typedef struct oip_rpc {
   grpc_status_code final_code;
   char *final_message; /* NULL: none */
   bool half_closed;    /* streams: no more requests will be read */
+  bool recv_paused;    /* streams: reading waits for a request to end */
   size_t n_active;     /* requests submitted, final response not yet seen */
 } oip_rpc;
 
@@ -153,6 +160,7 @@ static int64_t count_of(const int64_t *dims, int32_t n) {
   return c;
 }
 
+/* Frees the outputs kept for a ModelInfer response. */
 static void free_kept(velo_call *vc) {
   for (size_t i = 0; i < vc->n_kept; i++) {
     free(vc->kept[i].name);
@@ -176,6 +184,8 @@ static void free_request(velo_call *vc) {
 /* The call: references and sending                                    */
 /* ------------------------------------------------------------------ */
 
+/* Frees the messages still waiting to be sent.  Caller holds mu (or owns
+ * the call alone). */
 static void drop_queue_locked(oip_rpc *rpc) {
   while (rpc->head) {
     out_msg *m = rpc->head;
@@ -186,6 +196,9 @@ static void drop_queue_locked(oip_rpc *rpc) {
   rpc->tail = NULL;
 }
 
+/* Frees the call: its last reference is gone, nothing else touches it.
+ * The last thing it does is tell the server that one call fewer is in
+ * flight. */
 static void free_rpc(oip_rpc *rpc) {
   velo_server *srv = rpc->srv;
   drop_queue_locked(rpc);
@@ -198,6 +211,7 @@ static void free_rpc(oip_rpc *rpc) {
   velo_srv_call_ended(srv);
 }
 
+/* Drops one reference (the caller does not hold mu); frees at the last. */
 static void rpc_unref(oip_rpc *rpc) {
   bool last;
   pthread_mutex_lock(&rpc->mu);
@@ -262,6 +276,7 @@ static void pump_locked(oip_rpc *rpc) {
   }
 }
 
+/* A send batch completed (!ok: the call is gone): start the next one. */
 static void send_done(velo_srv_tag *tag, bool ok) {
   oip_rpc *rpc = CONTAINER_OF(tag, oip_rpc, send_tag);
   bool last;
@@ -305,6 +320,8 @@ static void finish_locked(oip_rpc *rpc, grpc_status_code code, const char *messa
   rpc->final_message = message ? strdup(velo_srv_clean_status(message, clean, sizeof clean)) : NULL;
 }
 
+/* finish_locked, taking mu, and starts sending what it can.  message may
+ * be NULL; it is cleaned with velo_srv_clean_status. */
 static void finish(oip_rpc *rpc, grpc_status_code code, const char *message) {
   pthread_mutex_lock(&rpc->mu);
   finish_locked(rpc, code, message);
@@ -319,6 +336,9 @@ static void maybe_end_stream_locked(oip_rpc *rpc) {
   pump_locked(rpc);
 }
 
+/* The call ended (RECV_CLOSE_ON_SERVER).  cancelled = 1 (client cancel,
+ * deadline, disconnect, server shutdown): every request of the call sees
+ * velo_oip_call_cancelled and stops; responses are dropped from now on. */
 static void close_done(velo_srv_tag *tag, bool ok) {
   oip_rpc *rpc = CONTAINER_OF(tag, oip_rpc, close_tag);
   if (rpc->close_cancelled || !ok) {
@@ -551,7 +571,7 @@ static bool keep_output(velo_call *vc, const velo_io_tensor *t) {
   k->size = t->size;
   k->datatype = t->datatype;
   k->n_dims = t->n_dims;
-  memcpy(k->dims, t->shape, (size_t)t->n_dims * sizeof *k->dims);
+  if (t->n_dims > 0) memcpy(k->dims, t->shape, (size_t)t->n_dims * sizeof *k->dims);
   return true;
 }
 
@@ -580,6 +600,8 @@ bool velo_oip_call_cancelled(velo_call *vc) {
 
 /* Ends request vc: statistics, the stream's bookkeeping, then frees it.
  * The task has sent its final response. */
+static void post_recv_locked(oip_rpc *rpc);
+
 static void end_request(velo_call *vc, bool ok) {
   oip_rpc *rpc = vc->rpc;
   bool last;
@@ -588,6 +610,10 @@ static void end_request(velo_call *vc, bool ok) {
   pthread_mutex_lock(&rpc->mu);
   if (rpc->stream) {
     rpc->n_active--;
+    if (rpc->recv_paused && rpc->n_active < STREAM_MAX_ACTIVE) { /* read on */
+      rpc->recv_paused = false;
+      post_recv_locked(rpc);
+    }
     maybe_end_stream_locked(rpc);
   }
   last = --rpc->refs == 0; /* the request's reference */
@@ -972,8 +998,9 @@ static void recv_done(velo_srv_tag *tag, bool ok) {
   }
 
   pthread_mutex_lock(&rpc->mu);
-  if (ok && bb) post_recv_locked(rpc);
-  else rpc->half_closed = true;
+  if (!ok || !bb) rpc->half_closed = true;
+  else if (rpc->n_active >= STREAM_MAX_ACTIVE) rpc->recv_paused = true; /* end_request reads on */
+  else post_recv_locked(rpc);
   maybe_end_stream_locked(rpc);
   last = --rpc->refs == 0; /* this read's reference */
   pthread_mutex_unlock(&rpc->mu);

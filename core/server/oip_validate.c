@@ -58,6 +58,10 @@ char *velo_oip_shape_str(const int64_t *dims, size_t n, char *buf, size_t size) 
   size_t used = 0;
   if (size == 0) return buf;
   buf[0] = '\0';
+  if (n == 0) { /* a scalar */
+    snprintf(buf, size, "[]");
+    return buf;
+  }
   for (size_t i = 0; i <= n; i++) {
     char piece[32];
     int w = i == n ? snprintf(piece, sizeof piece, "]")
@@ -70,7 +74,6 @@ char *velo_oip_shape_str(const int64_t *dims, size_t n, char *buf, size_t size) 
     memcpy(buf + used, piece, (size_t)w + 1);
     used += (size_t)w;
   }
-  if (n == 0 && size >= 3) memcpy(buf, "[]", 3);
   return buf;
 }
 
@@ -373,7 +376,7 @@ static velo_status check_header(const Inference__ModelInferRequest *msg, size_t 
                             velo_oip_shape_str(d->shape, (size_t)d->n_dims, want, sizeof want),
                             shape);
   }
-  memcpy(dims, in->shape, in->n_shape * sizeof *dims);
+  if (in->n_shape) memcpy(dims, in->shape, in->n_shape * sizeof *dims); /* shape may be NULL */
   t->struct_size = (uint32_t)sizeof *t;
   t->name = in->name;
   t->datatype = dt;

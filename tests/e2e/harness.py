@@ -63,6 +63,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 # No proxy, whatever the environment says: everything is local.
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+# For polling a velod that is still starting: without these a refused first
+# connection backs off for a second or more before the next attempt.
+STARTUP_CHANNEL_OPTIONS = CHANNEL_OPTIONS + [("grpc.initial_reconnect_backoff_ms", 50),
+                                             ("grpc.min_reconnect_backoff_ms", 50),
+                                             ("grpc.max_reconnect_backoff_ms", 200)]
 
 
 def clean_env():
@@ -243,7 +248,7 @@ class Velod:
 
     def wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as ch:
+        with grpc.insecure_channel(self.address, options=STARTUP_CHANNEL_OPTIONS) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             last = None
             while time.monotonic() < deadline:
