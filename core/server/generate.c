@@ -11,8 +11,9 @@
  *                   call ends; cancelled = 1 sets call->cancelled)
  *   decode, acquire the model, build the velo_request, submit()
  *   respond() ----> each response is packed into a GenerateResponse and
- *                   queued; exactly one send batch is in flight per call,
- *                   the next one starts from the completion of the last
+ *                   queued (call_send.h); exactly one send batch is in
+ *                   flight per call, the next one starts from the
+ *                   completion of the last
  *   final --------> the last message goes with the status (OK), or the
  *                   status alone (non-OK)
  *   all done -----> the model entry is released, the call unref'd, freed
@@ -29,25 +30,18 @@
 #include <string.h>
 #include <time.h>
 
+#include "call_send.h"
 #include "log.h"
 #include "server_internal.h"
 #include "velo/v1/velo.pb-c.h"
 
 #define LOG_SOURCE "generate"
 
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
 /* The most parameters one request can carry besides its stop strings. */
 #define SCALAR_PARAMS 9
 
-typedef struct out_msg {
-  struct out_msg *next;
-  grpc_byte_buffer *bb;
-} out_msg;
-
 struct velo_call {
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
-  velo_srv_tag send_tag;  /* the one send batch in flight */
   velo_server *srv;
   grpc_call *call;
   gpr_timespec deadline;
@@ -61,16 +55,7 @@ struct velo_call {
 
   pthread_mutex_t mu; /* guards everything below */
   int refs;
-  out_msg *head, *tail;    /* messages waiting for the send slot */
-  grpc_byte_buffer *sending; /* message of the batch in flight */
-  bool send_in_flight;
-  bool initial_md_sent;
-  bool final_seen;      /* the status to end with is known */
-  bool status_started;  /* the status batch has been started */
-  bool dead;            /* a batch failed: the client has gone */
-  grpc_status_code final_code;
-  char *final_message;  /* NULL: none */
-  uint64_t n_sent;      /* messages sent */
+  velo_srv_send send;   /* the queue, the one batch in flight, the status */
 
   /* The request, alive until the final response. */
   Velo__V1__GenerateRequest *msg;
@@ -85,29 +70,15 @@ struct velo_call {
 /* Freeing and references                                              */
 /* ------------------------------------------------------------------ */
 
-/* Frees the messages still waiting to be sent.  Caller holds mu (or owns
- * the call alone). */
-static void drop_queue_locked(velo_call *gc) {
-  while (gc->head) {
-    out_msg *m = gc->head;
-    gc->head = m->next;
-    grpc_byte_buffer_destroy(m->bb);
-    free(m);
-  }
-  gc->tail = NULL;
-}
-
 /* Frees the call; the last reference is gone, so nothing else touches it. */
 static void free_call(velo_call *gc) {
   velo_server *srv = gc->srv;
-  drop_queue_locked(gc);
-  if (gc->sending) grpc_byte_buffer_destroy(gc->sending);
+  velo_srv_send_free(&gc->send);
   velo_model_entry_release(gc->entry);
   grpc_call_unref(gc->call);
   if (gc->msg) protobuf_c_message_free_unpacked(&gc->msg->base, NULL);
   free(gc->prompt);
   free(gc->params);
-  free(gc->final_message);
   pthread_mutex_destroy(&gc->mu);
   free(gc);
   velo_srv_call_ended(srv);
@@ -126,77 +97,14 @@ static void call_unref(velo_call *gc) {
 /* Sending                                                             */
 /* ------------------------------------------------------------------ */
 
-static void send_done(velo_srv_tag *tag, bool ok);
-
-/* Starts the next send batch if none is in flight: the next queued
- * message, with the status when it is the last thing to send.  Initial
- * metadata goes with the first batch.  Caller holds mu. */
-static void pump_locked(velo_call *gc) {
-  grpc_op ops[3];
-  size_t n = 0;
-  out_msg *m;
-  bool with_status;
-  grpc_slice details;
-  grpc_call_error rc;
-
-  if (gc->send_in_flight || gc->status_started) return;
-  if (gc->dead || atomic_load(&gc->cancelled)) {
-    drop_queue_locked(gc);
-    return;
-  }
-  m = gc->head;
-  with_status = gc->final_seen && (!m || !m->next);
-  if (!m && !with_status) return;
-
-  memset(ops, 0, sizeof ops);
-  if (!gc->initial_md_sent) {
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    gc->initial_md_sent = true;
-  }
-  if (m) {
-    gc->head = m->next;
-    if (!gc->head) gc->tail = NULL;
-    gc->sending = m->bb;
-    free(m);
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n++].data.send_message.send_message = gc->sending;
-  }
-  if (with_status) {
-    details = grpc_slice_from_copied_string(gc->final_message ? gc->final_message : "");
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = gc->final_code;
-    ops[n++].data.send_status_from_server.status_details = gc->final_message ? &details : NULL;
-    gc->status_started = true;
-  }
-  gc->send_in_flight = true;
-  gc->refs++;
-  rc = grpc_call_start_batch(gc->call, ops, n, &gc->send_tag, NULL);
-  if (with_status) grpc_slice_unref(details); /* not retained past start_batch */
-  if (rc != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot send on a Generate call: error %d", (int)rc);
-    gc->send_in_flight = false;
-    gc->refs--; /* never the last: the caller holds one */
-    if (gc->sending) grpc_byte_buffer_destroy(gc->sending);
-    gc->sending = NULL;
-    gc->dead = true;
-    drop_queue_locked(gc);
-  }
-}
-
-/* A send batch completed; !ok means the call is gone. */
+/* A send batch completed; !ok means the call is gone.  Starts the next. */
 static void send_done(velo_srv_tag *tag, bool ok) {
-  velo_call *gc = CONTAINER_OF(tag, velo_call, send_tag);
+  velo_call *gc = VELO_SRV_CONTAINER_OF(tag, velo_call, send.tag);
   bool last;
 
   pthread_mutex_lock(&gc->mu);
-  gc->send_in_flight = false;
-  if (gc->sending) {
-    grpc_byte_buffer_destroy(gc->sending);
-    gc->sending = NULL;
-    if (ok) gc->n_sent++;
-  }
-  if (!ok) gc->dead = true;
-  pump_locked(gc);
+  velo_srv_send_completed_locked(&gc->send, ok);
+  velo_srv_send_pump_locked(&gc->send);
   last = --gc->refs == 0;
   pthread_mutex_unlock(&gc->mu);
   if (last) free_call(gc);
@@ -206,15 +114,9 @@ static void send_done(velo_srv_tag *tag, bool ok) {
  * unless an end was already decided.  message may be NULL; it is cleaned
  * with velo_srv_clean_status. */
 static void finish_call(velo_call *gc, grpc_status_code code, const char *message) {
-  char clean[VELO_SRV_STATUS_MAX];
   pthread_mutex_lock(&gc->mu);
-  if (!gc->final_seen) {
-    gc->final_seen = true;
-    gc->final_code = code;
-    gc->final_message =
-        message ? strdup(velo_srv_clean_status(message, clean, sizeof clean)) : NULL;
-  }
-  pump_locked(gc);
+  velo_srv_send_finish_locked(&gc->send, code, message);
+  velo_srv_send_pump_locked(&gc->send);
   pthread_mutex_unlock(&gc->mu);
 }
 
@@ -232,7 +134,7 @@ static double seconds_since(const struct timespec *t0) {
 /* The call ended.  cancelled = 1: client cancel, deadline, disconnect or
  * grpc_server_cancel_all_calls; from then on respond() drops everything. */
 static void close_done(velo_srv_tag *tag, bool ok) {
-  velo_call *gc = CONTAINER_OF(tag, velo_call, close_tag);
+  velo_call *gc = VELO_SRV_CONTAINER_OF(tag, velo_call, close_tag);
 
   if (gc->close_cancelled || !ok) {
     bool submitted;
@@ -241,7 +143,7 @@ static void close_done(velo_srv_tag *tag, bool ok) {
     atomic_store(&gc->cancelled, true);
     pthread_mutex_lock(&gc->mu);
     submitted = gc->submitted;
-    n_sent = gc->n_sent;
+    n_sent = gc->send.n_sent;
     pthread_mutex_unlock(&gc->mu);
     if (submitted) {
       velo_server *srv = gc->srv;
@@ -354,7 +256,6 @@ static grpc_byte_buffer *pack_response(const velo_response *resp) {
 velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
   grpc_byte_buffer *bb = NULL;
   bool final, gone, last;
-  char clean[VELO_SRV_STATUS_MAX];
 
   if (velo_oip_owns_call(gc)) return velo_oip_respond(gc, resp); /* ModelInfer & co */
   if (!gc || !resp || resp->struct_size < sizeof(velo_response)) {
@@ -373,11 +274,7 @@ velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
       grpc_byte_buffer_destroy(bb);
       bb = NULL;
       pthread_mutex_lock(&gc->mu);
-      if (!gc->final_seen) {
-        gc->final_seen = true;
-        gc->final_code = velo_srv_status(err.code);
-        gc->final_message = strdup(velo_srv_clean_status(err.message, clean, sizeof clean));
-      }
+      velo_srv_send_finish_locked(&gc->send, velo_srv_status(err.code), err.message);
       pthread_mutex_unlock(&gc->mu);
       atomic_store(&gc->refused, true);
       gone = true;
@@ -385,31 +282,15 @@ velo_status velo_server_respond(velo_call *gc, const velo_response *resp) {
   }
 
   pthread_mutex_lock(&gc->mu);
-  gone = gone || gc->dead || atomic_load(&gc->cancelled) || atomic_load(&gc->refused) ||
-         gc->status_started;
-  if (bb && gone) {
-    grpc_byte_buffer_destroy(bb);
-  } else if (bb) {
-    out_msg *m = malloc(sizeof *m);
-    if (m) {
-      m->next = NULL;
-      m->bb = bb;
-      if (gc->tail) gc->tail->next = m;
-      else gc->head = m;
-      gc->tail = m;
-    } else {
-      grpc_byte_buffer_destroy(bb);
-      velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory queueing a response: dropped");
-    }
-  }
-  if (final && !gc->final_seen) {
-    gc->final_seen = true;
-    gc->final_code = velo_srv_status(resp->status);
-    if (resp->status != VELO_OK)
-      gc->final_message = strdup(
-          velo_srv_clean_status(resp->error_message, clean, sizeof clean)); /* NULL: "" */
-  }
-  pump_locked(gc);
+  gone = gone || velo_srv_send_over_locked(&gc->send) || atomic_load(&gc->refused);
+  if (bb && gone) grpc_byte_buffer_destroy(bb);
+  else if (bb) velo_srv_send_push_locked(&gc->send, bb); /* out of memory: dropped, logged */
+  if (final) /* a non-OK status always has a message ("" for none) */
+    velo_srv_send_finish_locked(&gc->send, velo_srv_status(resp->status),
+                                resp->status != VELO_OK
+                                    ? (resp->error_message ? resp->error_message : "")
+                                    : NULL);
+  velo_srv_send_pump_locked(&gc->send);
   last = final && --gc->refs == 0; /* the task's reference */
   pthread_mutex_unlock(&gc->mu);
   if (last) free_call(gc);
@@ -539,7 +420,6 @@ static void start_generation(velo_call *gc, grpc_byte_buffer *payload) {
 void velo_srv_handle_generate(velo_server *srv, grpc_call *call, gpr_timespec deadline,
                               grpc_byte_buffer *payload) {
   velo_call *gc = calloc(1, sizeof *gc);
-  grpc_op op;
 
   if (!gc) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory for a Generate call");
@@ -548,7 +428,8 @@ void velo_srv_handle_generate(velo_server *srv, grpc_call *call, gpr_timespec de
     return;
   }
   gc->close_tag.on_done = close_done;
-  gc->send_tag.on_done = send_done;
+  velo_srv_send_init(&gc->send, call, send_done, &gc->cancelled, &gc->refs, LOG_SOURCE,
+                     "a Generate call");
   gc->srv = srv;
   gc->call = call;
   gc->deadline = deadline;
@@ -560,13 +441,9 @@ void velo_srv_handle_generate(velo_server *srv, grpc_call *call, gpr_timespec de
 
   /* Alone, first: it completes when the call ends, which is how a cancel,
    * a deadline or a disconnect reaches the task. */
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &gc->close_cancelled;
-  if (grpc_call_start_batch(call, &op, 1, &gc->close_tag, NULL) != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot watch a Generate call for cancellation");
+  if (!velo_srv_start_close_watch(call, &gc->close_cancelled, &gc->close_tag, LOG_SOURCE,
+                                  "a Generate call"))
     gc->refs--;
-  }
 
   start_generation(gc, payload);
   if (payload) grpc_byte_buffer_destroy(payload);

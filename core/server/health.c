@@ -16,7 +16,8 @@
  * then the status UNAVAILABLE "server is shutting down", in the same batch,
  * so that Watch calls never hold up the shutdown.
  *
- * A watcher keeps at most one send batch in flight (shared/PITFALLS.md).
+ * A watcher keeps at most one send batch in flight (shared/PITFALLS.md;
+ * its queue, call_send.h, never holds more than the one message).
  * When the status changes again while a send is in flight, the watcher is
  * sent the status current when that send completes: a watcher always ends
  * up with the latest status, though a quick flip back and forth may reach
@@ -28,13 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "call_send.h"
 #include "grpc_health/v1/health.pb-c.h"
 #include "log.h"
 #include "server_internal.h"
 
 #define LOG_SOURCE "health"
-
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* The most Watch calls open at once; more get RESOURCE_EXHAUSTED.  A
  * watcher never ends by itself, so this bounds what forgotten ones cost
@@ -52,7 +52,6 @@ typedef struct health_entry {
 
 /* One Health/Watch call. */
 typedef struct watcher {
-  velo_srv_tag send_tag;  /* the one send batch in flight */
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
   velo_server *srv;
   grpc_call *call;
@@ -61,12 +60,8 @@ typedef struct watcher {
   /* Guarded by health->mu: */
   int refs;               /* handler, close op, send op */
   int last_sent;          /* status last sent; -1: none yet */
-  grpc_byte_buffer *sending;
+  velo_srv_send send;     /* dead once the call ended or a batch failed */
   bool listed;
-  bool send_in_flight;
-  bool initial_md_sent;
-  bool status_started;    /* the final status is on its way */
-  bool dead;              /* the call ended or a batch failed */
   int close_cancelled;    /* RECV_CLOSE_ON_SERVER result */
 } watcher;
 
@@ -148,7 +143,7 @@ void velo_srv_health_destroy(velo_server *srv) {
 /* Frees w (its last reference is gone) and ends its call's count. */
 static void free_watcher(watcher *w) {
   velo_server *srv = w->srv;
-  if (w->sending) grpc_byte_buffer_destroy(w->sending);
+  velo_srv_send_free(&w->send);
   grpc_call_unref(w->call);
   free(w->service);
   free(w);
@@ -166,84 +161,44 @@ static void unlist_locked(struct velo_srv_health *h, watcher *w) {
   h->n_watchers--;
 }
 
-static void watcher_send_done(velo_srv_tag *tag, bool ok);
-
 /* Starts a send batch when none is in flight and there is something to
  * say: the current status when it differs from the last one sent, and
  * after shutdown the final status UNAVAILABLE.  Caller holds mu. */
 static void pump_locked(struct velo_srv_health *h, watcher *w) {
   Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  grpc_op ops[3];
-  size_t n = 0;
+  grpc_byte_buffer *bb;
   int now;
-  bool send_status = h->shut_down;
-  grpc_status_code code = GRPC_STATUS_UNAVAILABLE;
-  const char *message = "server is shutting down";
-  grpc_slice details;
-  grpc_call_error rc;
   velo_error err;
 
-  if (w->send_in_flight || w->status_started || w->dead) return;
+  if (velo_srv_send_busy_locked(&w->send)) return;
   now = status_locked(h, w->service);
   if (now != w->last_sent) {
     resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)now;
-    w->sending = velo_srv_pack(&resp.base);
+    bb = velo_srv_pack(&resp.base);
     velo_error_init(&err);
-    if (!w->sending) {
-      code = GRPC_STATUS_RESOURCE_EXHAUSTED, message = "out of memory", send_status = true;
-    } else if (velo_srv_check_send_size(w->srv, grpc_byte_buffer_length(w->sending), &err) !=
-               VELO_OK) {
-      grpc_byte_buffer_destroy(w->sending);
-      w->sending = NULL;
-      code = velo_srv_status(err.code), message = err.message, send_status = true;
+    if (bb && velo_srv_check_send_size(w->srv, grpc_byte_buffer_length(bb), &err) != VELO_OK) {
+      grpc_byte_buffer_destroy(bb);
+      velo_srv_send_finish_locked(&w->send, velo_srv_status(err.code), err.message);
+    } else if (bb && velo_srv_send_push_locked(&w->send, bb)) {
+      w->last_sent = now;
+    } else { /* out of memory packing or queueing it */
+      velo_srv_send_finish_locked(&w->send, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     }
   }
-  if (!w->sending && !send_status) return;
-
-  memset(ops, 0, sizeof ops);
-  if (!w->initial_md_sent) {
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    w->initial_md_sent = true;
-  }
-  if (w->sending) {
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n++].data.send_message.send_message = w->sending;
-  }
-  details = grpc_slice_from_copied_string(message);
-  if (send_status) {
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = &details;
-    w->status_started = true;
-  }
-  w->send_in_flight = true;
-  w->refs++;
-  rc = grpc_call_start_batch(w->call, ops, n, &w->send_tag, NULL);
-  grpc_slice_unref(details); /* not retained past start_batch */
-  if (rc != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot send on a Watch call: error %d", (int)rc);
-    w->send_in_flight = false;
-    w->refs--; /* never the last: the caller holds one */
-    if (w->sending) grpc_byte_buffer_destroy(w->sending);
-    w->sending = NULL;
-    w->dead = true;
-    return;
-  }
-  if (w->sending) w->last_sent = now;
+  if (h->shut_down)
+    velo_srv_send_finish_locked(&w->send, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
+  velo_srv_send_pump_locked(&w->send);
 }
 
 /* A send batch completed; !ok means the call is gone.  Sends what changed
  * meanwhile. */
 static void watcher_send_done(velo_srv_tag *tag, bool ok) {
-  watcher *w = CONTAINER_OF(tag, watcher, send_tag);
+  watcher *w = VELO_SRV_CONTAINER_OF(tag, watcher, send.tag);
   struct velo_srv_health *h = w->srv->health;
   bool last;
 
   pthread_mutex_lock(&h->mu);
-  w->send_in_flight = false;
-  if (w->sending) grpc_byte_buffer_destroy(w->sending);
-  w->sending = NULL;
-  if (!ok) w->dead = true;
+  velo_srv_send_completed_locked(&w->send, ok);
   pump_locked(h, w);
   last = --w->refs == 0;
   pthread_mutex_unlock(&h->mu);
@@ -252,13 +207,13 @@ static void watcher_send_done(velo_srv_tag *tag, bool ok) {
 
 /* The call ended (status sent, client cancel, deadline, disconnect). */
 static void watcher_close_done(velo_srv_tag *tag, bool ok) {
-  watcher *w = CONTAINER_OF(tag, watcher, close_tag);
+  watcher *w = VELO_SRV_CONTAINER_OF(tag, watcher, close_tag);
   struct velo_srv_health *h = w->srv->health;
   bool last;
   (void)ok;
 
   pthread_mutex_lock(&h->mu);
-  w->dead = true;
+  w->send.dead = true;
   unlist_locked(h, w);
   last = --w->refs == 0;
   pthread_mutex_unlock(&h->mu);
@@ -277,7 +232,6 @@ static void watch(velo_server *srv, grpc_call *call, const char *service) {
   struct velo_srv_health *h = srv->health;
   watcher *w = calloc(1, sizeof *w);
   char msg[160];
-  grpc_op op;
   bool last;
 
   if (w) w->service = strdup(service);
@@ -286,7 +240,8 @@ static void watch(velo_server *srv, grpc_call *call, const char *service) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  w->send_tag.on_done = watcher_send_done;
+  velo_srv_send_init(&w->send, call, watcher_send_done, NULL, &w->refs, LOG_SOURCE,
+                     "a Watch call");
   w->close_tag.on_done = watcher_close_done;
   w->srv = srv;
   w->call = call;
@@ -316,14 +271,11 @@ static void watch(velo_server *srv, grpc_call *call, const char *service) {
   h->n_watchers++;
 
   /* Alone: it completes when the call ends, however it ends. */
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &w->close_cancelled;
-  if (grpc_call_start_batch(call, &op, 1, &w->close_tag, NULL) != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot watch a Watch call for its end");
+  if (!velo_srv_start_close_watch(call, &w->close_cancelled, &w->close_tag, LOG_SOURCE,
+                                  "a Watch call")) {
     grpc_call_cancel_with_status(call, GRPC_STATUS_INTERNAL, "cannot start the call", NULL);
     w->refs--;
-    w->dead = true;
+    w->send.dead = true;
     unlist_locked(h, w);
   }
   pump_locked(h, w); /* the current status, at once */
@@ -402,17 +354,12 @@ static void check(velo_server *srv, grpc_call *call, const char *service) {
 
 void velo_srv_handle_health(velo_server *srv, velo_srv_method method, grpc_call *call,
                             grpc_byte_buffer *payload) {
-  Grpc__Health__V1__HealthCheckRequest *req = NULL;
-  char why[512];
-  grpc_status_code code =
-      velo_srv_decode(payload, &grpc__health__v1__health_check_request__descriptor,
-                      (ProtobufCMessage **)&req, why, sizeof why);
+  Grpc__Health__V1__HealthCheckRequest *req = (Grpc__Health__V1__HealthCheckRequest *)
+      velo_srv_decode_or_finish(srv, call, payload,
+                                &grpc__health__v1__health_check_request__descriptor);
 
   if (payload) grpc_byte_buffer_destroy(payload);
-  if (code != GRPC_STATUS_OK) {
-    velo_srv_finish_unary(srv, call, NULL, code, why);
-    return;
-  }
+  if (!req) return;
   if (method == VELO_SRV_HEALTH_WATCH) watch(srv, call, req->service);
   else check(srv, call, req->service);
   protobuf_c_message_free_unpacked(&req->base, NULL);

@@ -9,15 +9,14 @@
  * The unary methods answer on the completion-queue thread that received
  * them, in one batch (velo_srv_finish_unary), except repository load and
  * unload: a model load can take seconds, so each runs on a thread of its
- * own that finishes the call when it is done (gRPC calls may be finished
- * from any thread; the call counts as in flight until then, so a shutdown
- * waits for it).
+ * own that finishes the call when it is done (velo_srv_model_control, as
+ * velo.v1.Models does; gRPC calls may be finished from any thread; the call
+ * counts as in flight until then, so a shutdown waits for it).
  *
  * Versions: velod serves one version of each model, "1".  A request that
  * names a version accepts "" and "1"; any other is NOT_FOUND (ModelReady:
  * ready = false).
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,17 +36,6 @@
 /* Helpers                                                             */
 /* ------------------------------------------------------------------ */
 
-/* Decodes payload as desc or finishes the call with the error (NULL). */
-static ProtobufCMessage *decode_or_fail(velo_server *srv, grpc_call *call,
-                                        grpc_byte_buffer *payload,
-                                        const ProtobufCMessageDescriptor *desc) {
-  char msg[512];
-  ProtobufCMessage *m = NULL;
-  grpc_status_code code = velo_srv_decode(payload, desc, &m, msg, sizeof msg);
-  if (code == GRPC_STATUS_OK) return m;
-  velo_srv_finish_unary(srv, call, NULL, code, msg);
-  return NULL;
-}
 
 /* True for the model versions velod has: "" (the server's choice) and "1". */
 static bool version_ok(const char *v) { return !v[0] || strcmp(v, "1") == 0; }
@@ -63,17 +51,13 @@ static void no_such_version(const char *model, const char *v, char *msg, size_t 
  * version; otherwise finishes the call with the error and returns NULL. */
 static velo_model_entry *acquire_or_fail(velo_server *srv, grpc_call *call, const char *name,
                                          const char *version) {
-  velo_model_entry *e = NULL;
   char msg[1024];
-  grpc_status_code code = velo_srv_acquire_model(srv, name, &e, msg, sizeof msg);
-  if (code == GRPC_STATUS_OK && !version_ok(version)) {
-    no_such_version(e->name, version, msg, sizeof msg);
-    velo_model_entry_release(e);
-    e = NULL;
-    code = GRPC_STATUS_NOT_FOUND;
-  }
-  if (code != GRPC_STATUS_OK) velo_srv_finish_unary(srv, call, NULL, code, msg);
-  return e;
+  velo_model_entry *e = velo_srv_acquire_or_finish(srv, call, name);
+  if (!e || version_ok(version)) return e;
+  no_such_version(e->name, version, msg, sizeof msg);
+  velo_model_entry_release(e);
+  velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_NOT_FOUND, msg);
+  return NULL;
 }
 
 /* Packs msg and ends the call with OK. */
@@ -90,7 +74,8 @@ static void reply(velo_server *srv, grpc_call *call, const ProtobufCMessage *msg
 /* ServerLive: true whenever velod answers. */
 static void server_live(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ServerLiveResponse resp = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
-  ProtobufCMessage *req = decode_or_fail(srv, call, payload, &inference__server_live_request__descriptor);
+  ProtobufCMessage *req =
+      velo_srv_decode_or_finish(srv, call, payload, &inference__server_live_request__descriptor);
   if (!req) return;
   protobuf_c_message_free_unpacked(req, NULL);
   resp.live = 1;
@@ -105,7 +90,8 @@ static void server_live(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
  * given with --model leave only when unloaded on request. */
 static void server_ready(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ServerReadyResponse resp = INFERENCE__SERVER_READY_RESPONSE__INIT;
-  ProtobufCMessage *req = decode_or_fail(srv, call, payload, &inference__server_ready_request__descriptor);
+  ProtobufCMessage *req =
+      velo_srv_decode_or_finish(srv, call, payload, &inference__server_ready_request__descriptor);
   if (!req) return;
   protobuf_c_message_free_unpacked(req, NULL);
   resp.ready = !atomic_load(&srv->shutting_down) &&
@@ -117,8 +103,8 @@ static void server_ready(velo_server *srv, grpc_call *call, grpc_byte_buffer *pa
  * is not an error: it is simply not ready. */
 static void model_ready(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ModelReadyResponse resp = INFERENCE__MODEL_READY_RESPONSE__INIT;
-  Inference__ModelReadyRequest *req = (Inference__ModelReadyRequest *)decode_or_fail(
-      srv, call, payload, &inference__model_ready_request__descriptor);
+  Inference__ModelReadyRequest *req = (Inference__ModelReadyRequest *)
+      velo_srv_decode_or_finish(srv, call, payload, &inference__model_ready_request__descriptor);
   velo_model_entry *e;
 
   if (!req) return;
@@ -147,7 +133,8 @@ static void server_metadata(velo_server *srv, grpc_call *call, grpc_byte_buffer 
   };
   Inference__ServerMetadataResponse resp = INFERENCE__SERVER_METADATA_RESPONSE__INIT;
   ProtobufCMessage *req =
-      decode_or_fail(srv, call, payload, &inference__server_metadata_request__descriptor);
+      velo_srv_decode_or_finish(srv, call, payload,
+                                &inference__server_metadata_request__descriptor);
   if (!req) return;
   protobuf_c_message_free_unpacked(req, NULL);
   resp.name = (char *)"velo";
@@ -177,8 +164,8 @@ static void tensor_metadata(const velo_io_desc *d, size_t n,
 static void model_metadata(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   static char *versions[] = {(char *)"1"};
   Inference__ModelMetadataResponse resp = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
-  Inference__ModelMetadataRequest *req = (Inference__ModelMetadataRequest *)decode_or_fail(
-      srv, call, payload, &inference__model_metadata_request__descriptor);
+  Inference__ModelMetadataRequest *req = (Inference__ModelMetadataRequest *)
+      velo_srv_decode_or_finish(srv, call, payload, &inference__model_metadata_request__descriptor);
   Inference__ModelMetadataResponse__TensorMetadata *t = NULL, **p = NULL;
   velo_model_entry *e;
   size_t n;
@@ -259,8 +246,9 @@ static void fill_stats(stats_storage *s, velo_model_entry *e) {
 /* ModelStatistics: one model (name set) or every loaded model. */
 static void model_statistics(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__ModelStatisticsResponse resp = INFERENCE__MODEL_STATISTICS_RESPONSE__INIT;
-  Inference__ModelStatisticsRequest *req = (Inference__ModelStatisticsRequest *)decode_or_fail(
-      srv, call, payload, &inference__model_statistics_request__descriptor);
+  Inference__ModelStatisticsRequest *req = (Inference__ModelStatisticsRequest *)
+      velo_srv_decode_or_finish(srv, call, payload,
+                                &inference__model_statistics_request__descriptor);
   velo_model_entry **list = NULL;
   stats_storage *st = NULL;
   Inference__ModelStatistics **ptrs = NULL;
@@ -326,8 +314,9 @@ static bool repository_name_ok(velo_server *srv, grpc_call *call, const char *na
  * the loaded models when velod has no repository object. */
 static void repository_index(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   Inference__RepositoryIndexResponse resp = INFERENCE__REPOSITORY_INDEX_RESPONSE__INIT;
-  Inference__RepositoryIndexRequest *req = (Inference__RepositoryIndexRequest *)decode_or_fail(
-      srv, call, payload, &inference__repository_index_request__descriptor);
+  Inference__RepositoryIndexRequest *req = (Inference__RepositoryIndexRequest *)
+      velo_srv_decode_or_finish(srv, call, payload,
+                                &inference__repository_index_request__descriptor);
   Inference__RepositoryIndexResponse__ModelIndex *mi = NULL, **ptrs = NULL;
   velo_repository_model *rows = NULL;
   velo_model_entry **list = NULL;
@@ -377,48 +366,6 @@ out:
   protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
-/* A repository load or unload, run on a thread of its own. */
-typedef struct repo_job {
-  velo_server *srv;
-  grpc_call *call;
-  bool load;
-  char *name;
-} repo_job;
-
-/* The thread of one load or unload: runs it, finishes the call (which the
- * job owns, with its in-flight count) and frees the job. */
-static void *repo_job_main(void *arg) {
-  repo_job *job = arg;
-  velo_server *srv = job->srv;
-  velo_error err;
-  velo_status st;
-  grpc_byte_buffer *bb;
-
-  velo_error_init(&err);
-  st = job->load ? velo_repository_load(srv->repository, job->name, &err)
-                 : velo_repository_unload(srv->repository, job->name, &err);
-  velo_log(st == VELO_OK ? VELO_LOG_INFO : VELO_LOG_WARN, LOG_SOURCE, "%s of model '%s': %s%s%s",
-           job->load ? "RepositoryModelLoad" : "RepositoryModelUnload", job->name,
-           velo_status_name(st), st == VELO_OK ? "" : ": ", st == VELO_OK ? "" : err.message);
-  if (st == VELO_OK) {
-    if (job->load) {
-      Inference__RepositoryModelLoadResponse resp = INFERENCE__REPOSITORY_MODEL_LOAD_RESPONSE__INIT;
-      bb = velo_srv_pack(&resp.base);
-    } else {
-      Inference__RepositoryModelUnloadResponse resp =
-          INFERENCE__REPOSITORY_MODEL_UNLOAD_RESPONSE__INIT;
-      bb = velo_srv_pack(&resp.base);
-    }
-    velo_srv_finish_unary(srv, job->call, bb, GRPC_STATUS_OK, NULL);
-  } else {
-    velo_srv_finish_unary(srv, job->call, NULL, velo_srv_status(st),
-                          err.message[0] ? err.message : velo_status_name(st));
-  }
-  free(job->name);
-  free(job);
-  return NULL;
-}
-
 /* Checks the request parameters of a repository call: velod takes a
  * model's settings from its config.json, so only Triton's
  * "unload_dependents" (unload, bool; velod models have no dependents) is
@@ -445,37 +392,31 @@ static bool repo_params_ok(velo_server *srv, grpc_call *call, bool load, size_t 
 /* RepositoryModelLoad and RepositoryModelUnload. */
 static void repository_load_unload(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload,
                                    bool load) {
-  ProtobufCMessage *m = decode_or_fail(srv, call, payload,
-                                       load ? &inference__repository_model_load_request__descriptor
-                                            : &inference__repository_model_unload_request__descriptor);
+  ProtobufCMessage *m = velo_srv_decode_or_finish(
+      srv, call, payload,
+      load ? &inference__repository_model_load_request__descriptor
+           : &inference__repository_model_unload_request__descriptor);
   const char *repo_name, *model_name;
   size_t n_params;
   char *keys[64];
   Inference__ModelRepositoryParameter *values[64];
-  repo_job *job;
-  pthread_t thread;
-  pthread_attr_t attr;
 
   if (!m) return;
-  if (load) {
-    Inference__RepositoryModelLoadRequest *r = (Inference__RepositoryModelLoadRequest *)m;
-    repo_name = r->repository_name;
-    model_name = r->model_name;
-    n_params = r->n_parameters;
-    for (size_t i = 0; i < n_params && i < 64; i++) {
-      keys[i] = r->parameters[i]->key;
-      values[i] = r->parameters[i]->value;
-    }
-  } else {
-    Inference__RepositoryModelUnloadRequest *r = (Inference__RepositoryModelUnloadRequest *)m;
-    repo_name = r->repository_name;
-    model_name = r->model_name;
-    n_params = r->n_parameters;
-    for (size_t i = 0; i < n_params && i < 64; i++) {
-      keys[i] = r->parameters[i]->key;
-      values[i] = r->parameters[i]->value;
-    }
-  }
+  /* The two requests have the same fields under two generated types. */
+#define REPOSITORY_REQUEST_FIELDS_(type)                       \
+  do {                                                         \
+    const type *r = (const type *)m;                           \
+    repo_name = r->repository_name;                            \
+    model_name = r->model_name;                                \
+    n_params = r->n_parameters;                                \
+    for (size_t i = 0; i < n_params && i < 64; i++) {          \
+      keys[i] = r->parameters[i]->key;                         \
+      values[i] = r->parameters[i]->value;                     \
+    }                                                          \
+  } while (0)
+  if (load) REPOSITORY_REQUEST_FIELDS_(Inference__RepositoryModelLoadRequest);
+  else REPOSITORY_REQUEST_FIELDS_(Inference__RepositoryModelUnloadRequest);
+#undef REPOSITORY_REQUEST_FIELDS_
   if (n_params > 64) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_INVALID_ARGUMENT,
                           "too many parameters (at most 64)");
@@ -494,25 +435,10 @@ static void repository_load_unload(velo_server *srv, grpc_call *call, grpc_byte_
                           "--model are neither loaded nor unloaded at run time");
     goto out;
   }
-  job = calloc(1, sizeof *job);
-  if (job) job->name = strdup(model_name);
-  if (!job || !job->name) {
-    if (job) free(job);
-    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
-  }
-  job->srv = srv;
-  job->call = call;
-  job->load = load;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&thread, &attr, repo_job_main, job) != 0) {
-    free(job->name);
-    free(job);
-    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                          "cannot start a thread for the model load");
-  }
-  pthread_attr_destroy(&attr);
+  velo_srv_model_control(srv, call, model_name, load,
+                         load ? &inference__repository_model_load_response__descriptor
+                              : &inference__repository_model_unload_response__descriptor,
+                         load ? "RepositoryModelLoad" : "RepositoryModelUnload");
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }

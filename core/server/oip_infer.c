@@ -19,9 +19,10 @@
  *                    It is what the task plugin holds between submit() and
  *                    its final response, and is freed right after that.
  *
- * Sending follows generate.c: messages are queued, exactly one send batch
- * is in flight per call, the next starts from the completion of the last,
- * and the status goes with the last message.  Lifetime is a reference
+ * Sending goes through call_send.h, as Generate's does: messages are
+ * queued, exactly one send batch is in flight per call, the next starts
+ * from the completion of the last, and the status goes with the last
+ * message.  Lifetime is a reference
  * count under rpc->mu: the handler while it runs, the pending
  * close-on-server, a pending RECV_MESSAGE, each send batch in flight, and
  * each request between submit() and its final response.
@@ -41,27 +42,20 @@
 #include <string.h>
 #include <time.h>
 
+#include "call_send.h"
 #include "log.h"
 #include "oip.h"
 #include "server_internal.h"
 
 #define LOG_SOURCE "oip"
 
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
 /* The most requests of one ModelStreamInfer call that run at once; with
  * that many running, velod reads the next request only when one has ended
  * (gRPC's flow control then holds the client back). */
 #define STREAM_MAX_ACTIVE 32
 
-typedef struct out_msg {
-  struct out_msg *next;
-  grpc_byte_buffer *bb;
-} out_msg;
-
 typedef struct oip_rpc {
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
-  velo_srv_tag send_tag;  /* the one send batch in flight */
   velo_srv_tag recv_tag;  /* the one RECV_MESSAGE in flight (streams) */
   velo_server *srv;
   grpc_call *call;
@@ -72,15 +66,7 @@ typedef struct oip_rpc {
 
   pthread_mutex_t mu; /* guards everything below */
   int refs;
-  out_msg *head, *tail;       /* messages waiting for the send slot */
-  grpc_byte_buffer *sending;  /* message of the batch in flight */
-  bool send_in_flight;
-  bool initial_md_sent;
-  bool final_seen;     /* the status to end with is known */
-  bool status_started; /* the status batch has been started */
-  bool dead;           /* a batch failed: the client has gone */
-  grpc_status_code final_code;
-  char *final_message; /* NULL: none */
+  velo_srv_send send;  /* the queue, the one batch in flight, the status */
   bool half_closed;    /* streams: no more requests will be read */
   bool recv_paused;    /* streams: reading waits for a request to end */
   size_t n_active;     /* requests submitted, final response not yet seen */
@@ -184,28 +170,14 @@ static void free_request(velo_call *vc) {
 /* The call: references and sending                                    */
 /* ------------------------------------------------------------------ */
 
-/* Frees the messages still waiting to be sent.  Caller holds mu (or owns
- * the call alone). */
-static void drop_queue_locked(oip_rpc *rpc) {
-  while (rpc->head) {
-    out_msg *m = rpc->head;
-    rpc->head = m->next;
-    grpc_byte_buffer_destroy(m->bb);
-    free(m);
-  }
-  rpc->tail = NULL;
-}
-
 /* Frees the call: its last reference is gone, nothing else touches it.
  * The last thing it does is tell the server that one call fewer is in
  * flight. */
 static void free_rpc(oip_rpc *rpc) {
   velo_server *srv = rpc->srv;
-  drop_queue_locked(rpc);
-  if (rpc->sending) grpc_byte_buffer_destroy(rpc->sending);
+  velo_srv_send_free(&rpc->send);
   if (rpc->recv_bb) grpc_byte_buffer_destroy(rpc->recv_bb);
   grpc_call_unref(rpc->call);
-  free(rpc->final_message);
   pthread_mutex_destroy(&rpc->mu);
   free(rpc);
   velo_srv_call_ended(srv);
@@ -220,127 +192,52 @@ static void rpc_unref(oip_rpc *rpc) {
   if (last) free_rpc(rpc);
 }
 
-static void send_done(velo_srv_tag *tag, bool ok);
-
-/* Starts the next send batch when none is in flight (the next message;
- * the status with the last one).  Caller holds mu. */
-static void pump_locked(oip_rpc *rpc) {
-  grpc_op ops[3];
-  size_t n = 0;
-  out_msg *m;
-  bool with_status;
-  grpc_slice details;
-  grpc_call_error rc;
-
-  if (rpc->send_in_flight || rpc->status_started) return;
-  if (rpc->dead || atomic_load(&rpc->cancelled)) {
-    drop_queue_locked(rpc);
-    return;
-  }
-  m = rpc->head;
-  with_status = rpc->final_seen && (!m || !m->next);
-  if (!m && !with_status) return;
-
-  memset(ops, 0, sizeof ops);
-  if (!rpc->initial_md_sent) {
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    rpc->initial_md_sent = true;
-  }
-  if (m) {
-    rpc->head = m->next;
-    if (!rpc->head) rpc->tail = NULL;
-    rpc->sending = m->bb;
-    free(m);
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n++].data.send_message.send_message = rpc->sending;
-  }
-  if (with_status) {
-    details = grpc_slice_from_copied_string(rpc->final_message ? rpc->final_message : "");
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = rpc->final_code;
-    ops[n++].data.send_status_from_server.status_details = rpc->final_message ? &details : NULL;
-    rpc->status_started = true;
-  }
-  rpc->send_in_flight = true;
-  rpc->refs++;
-  rc = grpc_call_start_batch(rpc->call, ops, n, &rpc->send_tag, NULL);
-  if (with_status) grpc_slice_unref(details);
-  if (rc != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot send on an inference call: error %d", (int)rc);
-    rpc->send_in_flight = false;
-    rpc->refs--; /* never the last: the caller holds one */
-    if (rpc->sending) grpc_byte_buffer_destroy(rpc->sending);
-    rpc->sending = NULL;
-    rpc->dead = true;
-    drop_queue_locked(rpc);
-  }
-}
-
 /* A send batch completed (!ok: the call is gone): start the next one. */
 static void send_done(velo_srv_tag *tag, bool ok) {
-  oip_rpc *rpc = CONTAINER_OF(tag, oip_rpc, send_tag);
+  oip_rpc *rpc = VELO_SRV_CONTAINER_OF(tag, oip_rpc, send.tag);
   bool last;
   pthread_mutex_lock(&rpc->mu);
-  rpc->send_in_flight = false;
-  if (rpc->sending) {
-    grpc_byte_buffer_destroy(rpc->sending);
-    rpc->sending = NULL;
-  }
-  if (!ok) rpc->dead = true;
-  pump_locked(rpc);
+  velo_srv_send_completed_locked(&rpc->send, ok);
+  velo_srv_send_pump_locked(&rpc->send);
   last = --rpc->refs == 0;
   pthread_mutex_unlock(&rpc->mu);
   if (last) free_rpc(rpc);
 }
 
-/* Queues bb (ownership passes) unless the call is over.  Caller holds mu.
- * Returns false when bb was dropped. */
-static bool enqueue_locked(oip_rpc *rpc, grpc_byte_buffer *bb) {
-  out_msg *m;
-  if (rpc->dead || rpc->status_started || atomic_load(&rpc->cancelled) ||
-      !(m = malloc(sizeof *m))) {
-    grpc_byte_buffer_destroy(bb);
-    return false;
-  }
-  m->next = NULL;
-  m->bb = bb;
-  if (rpc->tail) rpc->tail->next = m;
-  else rpc->head = m;
-  rpc->tail = m;
-  return true;
-}
-
 /* Decides how the call ends (after what is queued), unless already
- * decided.  Caller holds mu. */
-static void finish_locked(oip_rpc *rpc, grpc_status_code code, const char *message) {
-  char clean[VELO_SRV_STATUS_MAX];
-  if (rpc->final_seen) return;
-  rpc->final_seen = true;
-  rpc->final_code = code;
-  rpc->final_message = message ? strdup(velo_srv_clean_status(message, clean, sizeof clean)) : NULL;
-}
-
-/* finish_locked, taking mu, and starts sending what it can.  message may
- * be NULL; it is cleaned with velo_srv_clean_status. */
+ * decided, and starts sending what it can.  message may be NULL; it is
+ * cleaned with velo_srv_clean_status. */
 static void finish(oip_rpc *rpc, grpc_status_code code, const char *message) {
   pthread_mutex_lock(&rpc->mu);
-  finish_locked(rpc, code, message);
-  pump_locked(rpc);
+  velo_srv_send_finish_locked(&rpc->send, code, message);
+  velo_srv_send_pump_locked(&rpc->send);
   pthread_mutex_unlock(&rpc->mu);
+}
+
+/* Queues bb (ownership passes; dropped when the call is over) and starts
+ * sending.  false when bb was dropped. */
+static bool send_message(oip_rpc *rpc, grpc_byte_buffer *bb) {
+  bool queued;
+  pthread_mutex_lock(&rpc->mu);
+  queued = velo_srv_send_push_locked(&rpc->send, bb);
+  velo_srv_send_pump_locked(&rpc->send);
+  pthread_mutex_unlock(&rpc->mu);
+  return queued;
 }
 
 /* Streams: ends with OK once no request is running and none will come.
  * Caller holds mu. */
 static void maybe_end_stream_locked(oip_rpc *rpc) {
-  if (rpc->stream && rpc->half_closed && rpc->n_active == 0) finish_locked(rpc, GRPC_STATUS_OK, NULL);
-  pump_locked(rpc);
+  if (rpc->stream && rpc->half_closed && rpc->n_active == 0)
+    velo_srv_send_finish_locked(&rpc->send, GRPC_STATUS_OK, NULL);
+  velo_srv_send_pump_locked(&rpc->send);
 }
 
 /* The call ended (RECV_CLOSE_ON_SERVER).  cancelled = 1 (client cancel,
  * deadline, disconnect, server shutdown): every request of the call sees
  * velo_oip_call_cancelled and stops; responses are dropped from now on. */
 static void close_done(velo_srv_tag *tag, bool ok) {
-  oip_rpc *rpc = CONTAINER_OF(tag, oip_rpc, close_tag);
+  oip_rpc *rpc = VELO_SRV_CONTAINER_OF(tag, oip_rpc, close_tag);
   if (rpc->close_cancelled || !ok) {
     atomic_store(&rpc->cancelled, true);
     velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s call cancelled (client, deadline or shutdown)",
@@ -590,6 +487,25 @@ static bool output_ok(const velo_io_tensor *t) {
   return es == 0 || (uint64_t)count * es == t->size;
 }
 
+/* Fills views (room for resp->n_outputs) with the outputs of resp that
+ * go into a response: well-formed (a malformed one is logged and dropped)
+ * and asked for by the request.  Returns how many; views borrow from
+ * resp. */
+static size_t view_outputs(const velo_call *vc, const velo_response *resp, out_view *views) {
+  size_t n = 0;
+  for (size_t i = 0; i < resp->n_outputs; i++) {
+    const velo_io_tensor *t = &resp->outputs[i];
+    if (!output_ok(t)) {
+      velo_log(VELO_LOG_ERROR, LOG_SOURCE, "model '%s' sent a malformed output: dropped",
+               vc->entry->name);
+      continue;
+    }
+    if (wanted(vc, t->name))
+      views[n++] = (out_view){t->name, t->datatype, t->n_dims, t->shape, t->data, t->size};
+  }
+  return n;
+}
+
 /* ------------------------------------------------------------------ */
 /* The host's response sink                                            */
 /* ------------------------------------------------------------------ */
@@ -642,16 +558,7 @@ static velo_status respond_stream(velo_call *vc, const velo_response *resp) {
       bb = pack_stream_error(GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory building a response",
                              vc->entry->name, vc->msg->id);
     } else {
-      for (size_t i = 0; i < resp->n_outputs; i++) {
-        const velo_io_tensor *t = &resp->outputs[i];
-        if (!output_ok(t)) {
-          velo_log(VELO_LOG_ERROR, LOG_SOURCE, "model '%s' sent a malformed output: dropped",
-                   vc->entry->name);
-          continue;
-        }
-        if (!wanted(vc, t->name)) continue;
-        views[n++] = (out_view){t->name, t->datatype, t->n_dims, t->shape, t->data, t->size};
-      }
+      n = view_outputs(vc, resp, views);
       bb = pack_response(vc, views, n, resp->params, resp->n_params, resp->final ? 1 : 0, true);
       free(views);
       if (bb && velo_srv_check_send_size(srv, grpc_byte_buffer_length(bb), &err) != VELO_OK) {
@@ -662,12 +569,7 @@ static velo_status respond_stream(velo_call *vc, const velo_response *resp) {
       }
     }
   }
-  if (bb) {
-    pthread_mutex_lock(&rpc->mu);
-    if (!enqueue_locked(rpc, bb)) gone = true;
-    pump_locked(rpc);
-    pthread_mutex_unlock(&rpc->mu);
-  }
+  if (bb && !send_message(rpc, bb)) gone = true;
   gone = gone || atomic_load(&vc->abandoned);
   if (resp->final) end_request(vc, resp->status == VELO_OK && !gone); /* frees vc */
   return gone ? VELO_CANCELLED : VELO_OK;
@@ -706,16 +608,7 @@ static grpc_byte_buffer *build_unary(velo_call *vc, const velo_response *resp,
       views[n++] = (out_view){k->name, k->datatype, k->n_dims, k->dims, k->data, k->size};
     }
   } else {
-    for (size_t i = 0; i < resp->n_outputs; i++) {
-      const velo_io_tensor *t = &resp->outputs[i];
-      if (!output_ok(t)) {
-        velo_log(VELO_LOG_ERROR, LOG_SOURCE, "model '%s' sent a malformed output: dropped",
-                 vc->entry->name);
-        continue;
-      }
-      if (!wanted(vc, t->name)) continue;
-      views[n++] = (out_view){t->name, t->datatype, t->n_dims, t->shape, t->data, t->size};
-    }
+    n = view_outputs(vc, resp, views);
   }
   /* Every requested output must be there. */
   for (size_t r = 0; r < vc->msg->n_outputs; r++) {
@@ -785,9 +678,9 @@ static velo_status respond_unary(velo_call *vc, const velo_response *resp) {
     grpc_byte_buffer *bb = build_unary(vc, resp, &code, why, sizeof why);
     if (bb) {
       pthread_mutex_lock(&rpc->mu);
-      if (!enqueue_locked(rpc, bb)) gone = true;
-      finish_locked(rpc, GRPC_STATUS_OK, NULL);
-      pump_locked(rpc);
+      if (!velo_srv_send_push_locked(&rpc->send, bb)) gone = true;
+      velo_srv_send_finish_locked(&rpc->send, GRPC_STATUS_OK, NULL);
+      velo_srv_send_pump_locked(&rpc->send);
       pthread_mutex_unlock(&rpc->mu);
       ok = !gone;
     } else {
@@ -936,17 +829,13 @@ static void recv_done(velo_srv_tag *tag, bool ok);
 /* Posts the next RECV_MESSAGE, unless the call is over.  Caller holds mu.
  * Marks the stream half-closed when it cannot read any more. */
 static void post_recv_locked(oip_rpc *rpc) {
-  grpc_op op;
-  if (rpc->dead || rpc->status_started || atomic_load(&rpc->cancelled)) {
+  if (velo_srv_send_over_locked(&rpc->send)) {
     rpc->half_closed = true;
     return;
   }
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &rpc->recv_bb;
   rpc->refs++;
-  if (grpc_call_start_batch(rpc->call, &op, 1, &rpc->recv_tag, NULL) != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot read from a ModelStreamInfer call");
+  if (!velo_srv_start_recv(rpc->call, &rpc->recv_bb, &rpc->recv_tag, LOG_SOURCE,
+                           "a ModelStreamInfer call")) {
     rpc->refs--; /* never the last: the caller holds one */
     rpc->half_closed = true;
   }
@@ -957,16 +846,13 @@ static void post_recv_locked(oip_rpc *rpc) {
 static void stream_error(oip_rpc *rpc, grpc_status_code code, const char *why, const char *model,
                          const char *id) {
   grpc_byte_buffer *bb = pack_stream_error(code, why, model, id);
-  pthread_mutex_lock(&rpc->mu);
-  if (bb) enqueue_locked(rpc, bb);
-  pump_locked(rpc);
-  pthread_mutex_unlock(&rpc->mu);
+  if (bb) send_message(rpc, bb);
 }
 
 /* One request message arrived (bb), or the client half-closed (bb NULL),
  * or the call is gone (!ok). */
 static void recv_done(velo_srv_tag *tag, bool ok) {
-  oip_rpc *rpc = CONTAINER_OF(tag, oip_rpc, recv_tag);
+  oip_rpc *rpc = VELO_SRV_CONTAINER_OF(tag, oip_rpc, recv_tag);
   grpc_byte_buffer *bb;
   bool last;
 
@@ -1014,7 +900,6 @@ static void recv_done(velo_srv_tag *tag, bool ok) {
 void velo_oip_handle_infer(velo_server *srv, grpc_call *call, gpr_timespec deadline,
                            grpc_byte_buffer *payload, bool stream) {
   oip_rpc *rpc = calloc(1, sizeof *rpc);
-  grpc_op op;
 
   (void)deadline; /* gRPC enforces it; close_done sees it pass */
   if (!rpc) {
@@ -1024,7 +909,8 @@ void velo_oip_handle_infer(velo_server *srv, grpc_call *call, gpr_timespec deadl
     return;
   }
   rpc->close_tag.on_done = close_done;
-  rpc->send_tag.on_done = send_done;
+  velo_srv_send_init(&rpc->send, call, send_done, &rpc->cancelled, &rpc->refs, LOG_SOURCE,
+                     "an inference call");
   rpc->recv_tag.on_done = recv_done;
   rpc->srv = srv;
   rpc->call = call;
@@ -1033,13 +919,9 @@ void velo_oip_handle_infer(velo_server *srv, grpc_call *call, gpr_timespec deadl
   pthread_mutex_init(&rpc->mu, NULL);
   rpc->refs = 2; /* this handler, and the close-on-server started next */
 
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &rpc->close_cancelled;
-  if (grpc_call_start_batch(call, &op, 1, &rpc->close_tag, NULL) != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot watch an inference call for cancellation");
+  if (!velo_srv_start_close_watch(call, &rpc->close_cancelled, &rpc->close_tag, LOG_SOURCE,
+                                  "an inference call"))
     rpc->refs--;
-  }
 
   if (stream) {
     pthread_mutex_lock(&rpc->mu);

@@ -27,7 +27,8 @@
  *
  * A stream alternates: one RECV_MESSAGE, then one SEND_MESSAGE with the
  * answer, then the next RECV_MESSAGE, so at most one operation of each
- * kind is in flight (shared/PITFALLS.md).  The client half-closing ends it
+ * kind is in flight (shared/PITFALLS.md; the batches are started with
+ * call_send.h).  The client half-closing ends it
  * with OK.  An undecodable request or one over --max-receive-message-bytes
  * ends it with that error.  RECV_CLOSE_ON_SERVER, started first, sees
  * cancellation.
@@ -37,14 +38,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "call_send.h"
 #include "grpc_reflection/v1/reflection.pb-c.h"
 #include "log.h"
 #include "server_internal.h"
 #include "velo_reflection_data.h"
 
 #define LOG_SOURCE "reflection"
-
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 typedef Grpc__Reflection__V1__ServerReflectionRequest refl_request;
 typedef Grpc__Reflection__V1__ServerReflectionResponse refl_response;
@@ -61,6 +61,7 @@ typedef struct refl_call {
   velo_server *srv;
   grpc_call *call;
   const char *service;     /* "grpc.reflection.v1alpha.ServerReflection" or v1, for logs */
+  const char *what;        /* "a <service> stream", for logs */
   grpc_byte_buffer *received; /* RECV_MESSAGE's result; NULL: the client is done */
   grpc_byte_buffer *sending;  /* the answer in flight */
   atomic_int refs;         /* close op, the recv or send in flight, the handler */
@@ -292,53 +293,25 @@ static void refl_unref(refl_call *rc) {
  * refused batch is logged and the reference dropped. */
 static void refl_send(refl_call *rc, grpc_byte_buffer *bb, bool end, grpc_status_code code,
                       const char *message) {
-  grpc_op ops[3];
-  size_t n = 0;
   char clean[VELO_SRV_STATUS_MAX];
-  grpc_slice details = grpc_slice_from_copied_string(
-      velo_srv_clean_status(message ? message : "", clean, sizeof clean));
   grpc_call_error err;
 
-  memset(ops, 0, sizeof ops);
-  if (!rc->initial_md_sent) {
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    rc->initial_md_sent = true;
-  }
-  if (bb) {
-    rc->sending = bb;
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n++].data.send_message.send_message = bb;
-  }
-  if (end) {
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = message ? &details : NULL;
-  }
+  if (bb) rc->sending = bb;
   atomic_fetch_add(&rc->refs, 1);
-  err = grpc_call_start_batch(rc->call, ops, n, &rc->send_tag, NULL);
-  grpc_slice_unref(details); /* not retained past start_batch */
+  err = velo_srv_start_send(rc->call, &rc->initial_md_sent, bb, end, code,
+                            message ? velo_srv_clean_status(message, clean, sizeof clean) : NULL,
+                            &rc->send_tag);
   if (err != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot send on a %s stream: error %d", rc->service,
-             (int)err);
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot send on %s: error %d", rc->what, (int)err);
     refl_unref(rc);
   }
 }
 
 /* Asks for the next request message. */
 static void refl_recv(refl_call *rc) {
-  grpc_op op;
-  grpc_call_error err;
-
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &rc->received;
   atomic_fetch_add(&rc->refs, 1);
-  err = grpc_call_start_batch(rc->call, &op, 1, &rc->recv_tag, NULL);
-  if (err != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot read a %s stream: error %d", rc->service,
-             (int)err);
+  if (!velo_srv_start_recv(rc->call, &rc->received, &rc->recv_tag, LOG_SOURCE, rc->what))
     refl_unref(rc);
-  }
 }
 
 /* Answers one request message (bb, owned here): sends the answer, or ends
@@ -380,7 +353,7 @@ static void refl_answer(refl_call *rc, grpc_byte_buffer *bb) {
 /* A request message arrived (received != NULL), the client half-closed
  * (received == NULL: end with OK), or the call is gone (!ok). */
 static void refl_recv_done(velo_srv_tag *tag, bool ok) {
-  refl_call *rc = CONTAINER_OF(tag, refl_call, recv_tag);
+  refl_call *rc = VELO_SRV_CONTAINER_OF(tag, refl_call, recv_tag);
   grpc_byte_buffer *bb = rc->received;
 
   rc->received = NULL;
@@ -397,7 +370,7 @@ static void refl_recv_done(velo_srv_tag *tag, bool ok) {
 /* A send completed: read the next request, unless the status went too or
  * the call is gone. */
 static void refl_send_done(velo_srv_tag *tag, bool ok) {
-  refl_call *rc = CONTAINER_OF(tag, refl_call, send_tag);
+  refl_call *rc = VELO_SRV_CONTAINER_OF(tag, refl_call, send_tag);
   bool more = ok && rc->sending != NULL; /* an answer, not the final status */
 
   if (rc->sending) grpc_byte_buffer_destroy(rc->sending);
@@ -408,7 +381,7 @@ static void refl_send_done(velo_srv_tag *tag, bool ok) {
 
 /* The call ended, however it ended. */
 static void refl_close_done(velo_srv_tag *tag, bool ok) {
-  refl_call *rc = CONTAINER_OF(tag, refl_call, close_tag);
+  refl_call *rc = VELO_SRV_CONTAINER_OF(tag, refl_call, close_tag);
   (void)ok;
   velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "%s stream ended%s after %llu answer(s)", rc->service,
            rc->close_cancelled ? " (cancelled)" : "", (unsigned long long)rc->n_answers);
@@ -417,7 +390,7 @@ static void refl_close_done(velo_srv_tag *tag, bool ok) {
 
 void velo_srv_handle_reflection(velo_server *srv, velo_srv_method method, grpc_call *call) {
   refl_call *rc = calloc(1, sizeof *rc);
-  grpc_op op;
+  bool v1alpha = method == VELO_SRV_REFLECTION_V1ALPHA;
 
   if (!rc) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory for a reflection stream");
@@ -429,15 +402,14 @@ void velo_srv_handle_reflection(velo_server *srv, velo_srv_method method, grpc_c
   rc->close_tag.on_done = refl_close_done;
   rc->srv = srv;
   rc->call = call;
-  rc->service = method == VELO_SRV_REFLECTION_V1ALPHA ? "grpc.reflection.v1alpha.ServerReflection"
-                                                      : "grpc.reflection.v1.ServerReflection";
+  rc->service = v1alpha ? "grpc.reflection.v1alpha.ServerReflection"
+                        : "grpc.reflection.v1.ServerReflection";
+  rc->what = v1alpha ? "a grpc.reflection.v1alpha.ServerReflection stream"
+                     : "a grpc.reflection.v1.ServerReflection stream";
   atomic_init(&rc->refs, 2); /* this handler, and the close-on-server started next */
 
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &rc->close_cancelled;
-  if (grpc_call_start_batch(call, &op, 1, &rc->close_tag, NULL) != GRPC_CALL_OK) {
-    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot watch a reflection stream for its end");
+  if (!velo_srv_start_close_watch(call, &rc->close_cancelled, &rc->close_tag, LOG_SOURCE,
+                                  rc->what)) {
     grpc_call_cancel_with_status(call, GRPC_STATUS_INTERNAL, "cannot start the call", NULL);
     atomic_fetch_sub(&rc->refs, 1);
   } else {

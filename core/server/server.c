@@ -5,7 +5,8 @@
  * the method handlers share (the one request decoder, serialisation,
  * model lookup, rendering client text for messages, finishing a unary
  * call, the message size limits).  The method handlers themselves live in
- * generate.c, services.c, health.c and reflection.c.
+ * generate.c, services.c, health.c, reflection.c, oip.c and oip_infer.c;
+ * the sending side of the streaming ones in call_send.c.
  *
  * Model: one completion queue, served by a few threads; every event's tag
  * is a velo_srv_tag embedded in the object it concerns.  Each registered
@@ -373,6 +374,26 @@ grpc_status_code velo_srv_acquire_model(velo_server *srv, const char *name,
   snprintf(msg, msg_size, "model '%s' is not loaded; loaded models: %s",
            velo_server_quote(name, strlen(name), quoted, sizeof quoted), names);
   return GRPC_STATUS_NOT_FOUND;
+}
+
+ProtobufCMessage *velo_srv_decode_or_finish(velo_server *srv, grpc_call *call,
+                                            grpc_byte_buffer *payload,
+                                            const ProtobufCMessageDescriptor *desc) {
+  char msg[512];
+  ProtobufCMessage *m = NULL;
+  grpc_status_code code = velo_srv_decode(payload, desc, &m, msg, sizeof msg);
+  if (code == GRPC_STATUS_OK) return m;
+  velo_srv_finish_unary(srv, call, NULL, code, msg);
+  return NULL;
+}
+
+velo_model_entry *velo_srv_acquire_or_finish(velo_server *srv, grpc_call *call,
+                                             const char *name) {
+  velo_model_entry *e = NULL;
+  char msg[1024];
+  grpc_status_code code = velo_srv_acquire_model(srv, name, &e, msg, sizeof msg);
+  if (code != GRPC_STATUS_OK) velo_srv_finish_unary(srv, call, NULL, code, msg);
+  return e;
 }
 
 void velo_srv_call_ended(velo_server *srv) {

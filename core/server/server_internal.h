@@ -30,6 +30,12 @@ typedef struct velo_srv_tag {
   void (*on_done)(struct velo_srv_tag *tag, bool ok);
 } velo_srv_tag;
 
+/* The object that embeds member at ptr: how an on_done finds its call
+ * object from the tag (e.g. VELO_SRV_CONTAINER_OF(tag, velo_call,
+ * send.tag)). */
+#define VELO_SRV_CONTAINER_OF(ptr, type, member) \
+  ((type *)((char *)(ptr)-offsetof(type, member)))
+
 /* The registered methods. */
 typedef enum velo_srv_method {
   VELO_SRV_GENERATE = 0,
@@ -145,6 +151,20 @@ char *velo_srv_clean_status(const char *msg, char *out, size_t cap);
 grpc_status_code velo_srv_acquire_model(struct velo_server *srv, const char *name,
                                         velo_model_entry **entry, char *msg, size_t msg_size);
 
+/* For unary handlers: velo_srv_decode of payload (borrowed) as desc, or,
+ * when it fails, the call finished with its status and message (taking
+ * over call and its in-flight count, as velo_srv_finish_unary does) and
+ * NULL.  Free a message returned with protobuf_c_message_free_unpacked. */
+ProtobufCMessage *velo_srv_decode_or_finish(struct velo_server *srv, grpc_call *call,
+                                            grpc_byte_buffer *payload,
+                                            const ProtobufCMessageDescriptor *desc);
+
+/* For unary handlers: velo_srv_acquire_model of name, or, when it fails,
+ * the call finished with its status and message (as above) and NULL.
+ * Release an entry returned with velo_model_entry_release. */
+velo_model_entry *velo_srv_acquire_or_finish(struct velo_server *srv, grpc_call *call,
+                                             const char *name);
+
 /* Packs msg into a new byte buffer (the caller owns it: pass it to a
  * SEND_MESSAGE op, then grpc_byte_buffer_destroy it), or NULL when out of
  * memory. */
@@ -197,6 +217,19 @@ void velo_srv_handle_generate(struct velo_server *srv, grpc_call *call,
  * the same ownership as velo_srv_handle_generate. */
 void velo_srv_handle_unary(struct velo_server *srv, velo_srv_method method,
                            grpc_call *call, grpc_byte_buffer *payload);
+
+/* Loads (load) or unloads model name through srv->repository (not NULL)
+ * on a detached thread of its own, then finishes call: OK with an empty
+ * message of type response (the method's response message, which has no
+ * fields), or the repository's status and message.  method names the RPC
+ * in the log line that reports the outcome ("LoadModel").  Takes over call
+ * and its in-flight count; name is copied; response and method must be
+ * static.  Out of memory, or no thread: the call is finished at once with
+ * RESOURCE_EXHAUSTED.  A load can take as long as reading the model, which
+ * must not hold up a queue thread; the call counts as in flight until it is
+ * finished, so a shutdown waits for it. */
+void velo_srv_model_control(struct velo_server *srv, grpc_call *call, const char *name, bool load,
+                            const ProtobufCMessageDescriptor *response, const char *method);
 
 /* --- health.c --------------------------------------------------------- */
 

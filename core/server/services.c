@@ -6,7 +6,8 @@
  * (velo_srv_finish_unary): they are short, and Tokenize's work is the
  * task plugin's thread-safe tokenize().  LoadModel and UnloadModel run on a
  * thread of their own (a load takes as long as reading the model) and go
- * through the model repository (repository.h).
+ * through the model repository (repository.h); velo_srv_model_control,
+ * here, does that for the Open Inference Protocol's repository methods too.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -19,19 +20,6 @@
 
 #define LOG_SOURCE "server"
 
-/* Decodes payload as desc (velo_srv_decode) or finishes the call with the
- * error and returns NULL. */
-static ProtobufCMessage *decode_or_fail(velo_server *srv, grpc_call *call,
-                                        grpc_byte_buffer *payload,
-                                        const ProtobufCMessageDescriptor *desc) {
-  char msg[512];
-  ProtobufCMessage *m = NULL;
-  grpc_status_code code = velo_srv_decode(payload, desc, &m, msg, sizeof msg);
-  if (code == GRPC_STATUS_OK) return m;
-  velo_srv_finish_unary(srv, call, NULL, code, msg);
-  return NULL;
-}
-
 /* Tokenize: the text extension of the model's task plugin, through the
  * registry (velo_model_entry_tokenize: UNIMPLEMENTED without a tokenizer,
  * UNAVAILABLE while the model is being unloaded). */
@@ -39,25 +27,20 @@ static void tokenize(velo_server *srv, grpc_call *call, grpc_byte_buffer *payloa
   Velo__V1__TokenizeRequest *req;
   Velo__V1__TokenizeResponse resp = VELO__V1__TOKENIZE_RESPONSE__INIT;
   velo_model_entry *entry;
-  char msg[1024];
-  grpc_status_code code;
   int32_t *ids = NULL;
   size_t n_ids = 0;
   velo_error err;
   velo_status st;
   bool add_special;
 
-  req = (Velo__V1__TokenizeRequest *)decode_or_fail(srv, call, payload,
-                                                    &velo__v1__tokenize_request__descriptor);
+  req = (Velo__V1__TokenizeRequest *)velo_srv_decode_or_finish(
+      srv, call, payload, &velo__v1__tokenize_request__descriptor);
   if (!req) return;
   add_special = req->_add_special_case == VELO__V1__TOKENIZE_REQUEST___ADD_SPECIAL_ADD_SPECIAL
                     ? req->add_special != 0
                     : true;
-  code = velo_srv_acquire_model(srv, req->model, &entry, msg, sizeof msg);
-  if (code != GRPC_STATUS_OK) {
-    velo_srv_finish_unary(srv, call, NULL, code, msg);
-    goto out;
-  }
+  entry = velo_srv_acquire_or_finish(srv, call, req->model);
+  if (!entry) goto out;
   velo_error_init(&err);
   st = velo_model_entry_tokenize(entry, req->text, strlen(req->text), add_special, &ids, &n_ids,
                                  &err);
@@ -101,7 +84,7 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
   char (*devices)[80] = NULL;
   size_t n;
 
-  req = decode_or_fail(srv, call, payload, &velo__v1__list_models_request__descriptor);
+  req = velo_srv_decode_or_finish(srv, call, payload, &velo__v1__list_models_request__descriptor);
   if (!req) return;
   protobuf_c_message_free_unpacked(req, NULL);
 
@@ -144,59 +127,89 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
   free(devices);
 }
 
-/* One LoadModel/UnloadModel call, served on its own thread: a load can
- * take as long as reading a model, which must not hold up a queue thread. */
+/* A model load or unload, run on a thread of its own (velo_srv_model_control). */
 typedef struct control_job {
   velo_server *srv;
   grpc_call *call;
-  velo_srv_method method;
+  bool load;
   char *name;
+  const ProtobufCMessageDescriptor *response;
+  const char *method;
 } control_job;
 
-/* The thread of a control_job: loads or unloads, then finishes the call
- * (after which it touches nothing of the server). */
+/* The thread of a control_job: loads or unloads, finishes the call (after
+ * which it touches nothing of the server) and frees the job. */
 static void *control_thread(void *arg) {
   control_job *j = arg;
+  velo_server *srv = j->srv;
   velo_error err;
   velo_status st;
+  ProtobufCMessage *resp;
+  grpc_byte_buffer *bb = NULL;
 
   velo_error_init(&err);
-  if (j->method == VELO_SRV_LOAD_MODEL)
-    st = velo_repository_load(j->srv->repository, j->name, &err);
-  else
-    st = velo_repository_unload(j->srv->repository, j->name, &err);
-  if (st == VELO_OK) {
-    if (j->method == VELO_SRV_LOAD_MODEL) {
-      Velo__V1__LoadModelResponse resp = VELO__V1__LOAD_MODEL_RESPONSE__INIT;
-      velo_srv_finish_unary(j->srv, j->call, velo_srv_pack(&resp.base), GRPC_STATUS_OK, NULL);
-    } else {
-      Velo__V1__UnloadModelResponse resp = VELO__V1__UNLOAD_MODEL_RESPONSE__INIT;
-      velo_srv_finish_unary(j->srv, j->call, velo_srv_pack(&resp.base), GRPC_STATUS_OK, NULL);
-    }
-  } else {
-    velo_srv_finish_unary(j->srv, j->call, NULL, velo_srv_status(st),
+  st = j->load ? velo_repository_load(srv->repository, j->name, &err)
+               : velo_repository_unload(srv->repository, j->name, &err);
+  velo_log(st == VELO_OK ? VELO_LOG_INFO : VELO_LOG_WARN, LOG_SOURCE, "%s of model '%s': %s%s%s",
+           j->method, j->name, velo_status_name(st), st == VELO_OK ? "" : ": ",
+           st == VELO_OK ? "" : err.message);
+  if (st != VELO_OK) {
+    velo_srv_finish_unary(srv, j->call, NULL, velo_srv_status(st),
                           err.message[0] ? err.message : velo_status_name(st));
+  } else {
+    if ((resp = malloc(j->response->sizeof_message)) != NULL) {
+      protobuf_c_message_init(j->response, resp);
+      bb = velo_srv_pack(resp);
+      free(resp);
+    }
+    if (bb) velo_srv_finish_unary(srv, j->call, bb, GRPC_STATUS_OK, NULL);
+    else velo_srv_finish_unary(srv, j->call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   free(j->name);
   free(j);
   return NULL;
 }
 
-/* LoadModel / UnloadModel: velo_repository_load / _unload on a thread of
- * their own.  FAILED_PRECONDITION without a repository object (velod
- * always passes one); INVALID_ARGUMENT for an empty name. */
-static void model_control(velo_server *srv, velo_srv_method method, grpc_call *call,
-                          grpc_byte_buffer *payload) {
+void velo_srv_model_control(velo_server *srv, grpc_call *call, const char *name, bool load,
+                            const ProtobufCMessageDescriptor *response, const char *method) {
+  control_job *j = calloc(1, sizeof *j);
+  pthread_t th;
+  pthread_attr_t attr;
+
+  if (j) j->name = strdup(name);
+  if (!j || !j->name) {
+    free(j);
+    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  j->srv = srv;
+  j->call = call;
+  j->load = load;
+  j->response = response;
+  j->method = method;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&th, &attr, control_thread, j) != 0) {
+    free(j->name);
+    free(j);
+    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                          "cannot start a thread for the request");
+  }
+  pthread_attr_destroy(&attr);
+}
+
+/* LoadModel / UnloadModel: velo_srv_model_control.  FAILED_PRECONDITION
+ * without a repository object (velod always passes one); INVALID_ARGUMENT
+ * for an empty name. */
+static void load_unload(velo_server *srv, velo_srv_method method, grpc_call *call,
+                        grpc_byte_buffer *payload) {
   bool load = method == VELO_SRV_LOAD_MODEL;
   const ProtobufCMessageDescriptor *desc =
       load ? &velo__v1__load_model_request__descriptor : &velo__v1__unload_model_request__descriptor;
-  ProtobufCMessage *req = decode_or_fail(srv, call, payload, desc);
+  ProtobufCMessage *req = velo_srv_decode_or_finish(srv, call, payload, desc);
   if (!req) return;
   const char *name = load ? ((Velo__V1__LoadModelRequest *)req)->name
                           : ((Velo__V1__UnloadModelRequest *)req)->name;
-  control_job *j = NULL;
-  pthread_t th;
-  pthread_attr_t attr;
 
   if (!srv->repository) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_FAILED_PRECONDITION,
@@ -205,22 +218,11 @@ static void model_control(velo_server *srv, velo_srv_method method, grpc_call *c
   } else if (!name[0]) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_INVALID_ARGUMENT,
                           "name must be set: the model's directory name in the repository");
-  } else if (!(j = calloc(1, sizeof *j)) || !(j->name = strdup(name))) {
-    if (j) free(j);
-    velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   } else {
-    j->srv = srv;
-    j->call = call;
-    j->method = method;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &attr, control_thread, j) != 0) {
-      free(j->name);
-      free(j);
-      velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                            "cannot start a thread for the request");
-    }
-    pthread_attr_destroy(&attr);
+    velo_srv_model_control(srv, call, name, load,
+                           load ? &velo__v1__load_model_response__descriptor
+                                : &velo__v1__unload_model_response__descriptor,
+                           load ? "LoadModel" : "UnloadModel");
   }
   protobuf_c_message_free_unpacked(req, NULL);
 }
@@ -236,7 +238,7 @@ void velo_srv_handle_unary(velo_server *srv, velo_srv_method method, grpc_call *
       break;
     case VELO_SRV_LOAD_MODEL:
     case VELO_SRV_UNLOAD_MODEL:
-      model_control(srv, method, call, payload);
+      load_unload(srv, method, call, payload);
       break;
     default:
       velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_INTERNAL, "no handler for this method");

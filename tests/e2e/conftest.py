@@ -8,6 +8,10 @@ reference, a model variant that adds no BOS token, and one shared velod
 
 Its output goes to velod.log in the session's temporary directory; tests read
 it through the fixture (velod.log(), velod.wait_for_log()).
+
+Modules that run a velod of their own define a module-scoped `server`
+fixture; server_channel, infer (the Open Inference Protocol stub from
+oip_ref/) and textgen then talk to it.
 """
 import pytest
 
@@ -49,9 +53,8 @@ def velod(tmp_path_factory, nobos_model):
 
 @pytest.fixture(scope="session")
 def channel(velod):
-    ch = velod.channel()
-    yield ch
-    ch.close()
+    with velod.channel() as ch:
+        yield ch
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +65,24 @@ def stub(channel):
 @pytest.fixture(scope="session")
 def models_stub(channel):
     return velo_pb2_grpc.ModelsStub(channel)
+
+
+# ---- modules that run their own velod ----------------------------------------------------
+# A test module that defines a module-scoped fixture `server` (a started
+# harness.Velod, e.g. from oip_ref.client.serve) gets these for it.
+@pytest.fixture(scope="module")
+def server_channel(server):
+    with server.channel() as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def infer(server_channel):
+    """GRPCInferenceService stub from the tests' own copy of the protocol."""
+    from oip_ref import client as oip
+    return oip.stub(server_channel)
+
+
+@pytest.fixture(scope="module")
+def textgen(server_channel):
+    return velo_pb2_grpc.TextGenerationStub(server_channel)

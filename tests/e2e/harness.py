@@ -1,6 +1,7 @@
 """harness.py - what the end-to-end tests share: where the build and the shared
 data are, the generated gRPC stubs, a velod process that a test can start, wait
-for and stop, and small helpers for calls, logs and references.
+for and stop, and small helpers for calls (expected errors, request
+parameters), logs and references.
 
 Paths come from the environment (tests/e2e/CMakeLists.txt sets them for ctest)
 and default to the usual layout, so the tests also run by hand:
@@ -155,6 +156,43 @@ def generate(stub, model, prompt, timeout=CALL_TIMEOUT_S, **params):
 def greedy(stub, model, prompt, n=64, **params):
     """The reference settings: temperature 0, n tokens, past end-of-generation."""
     return generate(stub, model, prompt, max_tokens=n, temperature=0.0, ignore_eos=True, **params)
+
+
+def expect_error(call, code, *needles):
+    """Runs call() (which must consume a whole stream or a unary answer) and
+    checks it fails with code and a message containing every needle (a
+    string, case-insensitive, or a compiled regex).  Returns the message."""
+    err = None
+    try:
+        call()
+    except grpc.RpcError as e:
+        err = e
+    assert err is not None, "expected %s, but the call succeeded" % code
+    assert err.code() == code, "got %s: %s" % (err.code(), err.details())
+    msg = err.details() or ""
+    for n in needles:
+        if isinstance(n, re.Pattern):
+            assert n.search(msg), "%r not in the message %r" % (n.pattern, msg)
+        else:
+            assert n.lower() in msg.lower(), "%r not in the message %r" % (n, msg)
+    return msg
+
+
+def set_param(pmap, key, value):
+    """pmap[key] = value as an Open Inference Protocol InferParameter of the
+    matching kind (bool, int64, double or string), in the parameters map of
+    a message from any copy of the protocol (the build's or oip_ref's)."""
+    p = pmap[key]
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    elif isinstance(value, str):
+        p.string_param = value
+    else:
+        raise TypeError("parameter %s: unsupported value %r" % (key, value))
 
 
 # ---- protobuf wire format by hand (for bytes that Python's str fields refuse) ----

@@ -8,26 +8,9 @@ import grpc
 import pytest
 
 import harness
-from harness import F32, NOBOS, velo_pb2
+from harness import F32, NOBOS, expect_error, velo_pb2
 
 GENERATE = "/velo.v1.TextGeneration/Generate"
-
-
-def expect_error(call, code, *needles):
-    """Runs call() (which must consume a whole stream or a unary answer) and
-    checks it fails with code and a message containing every needle (a
-    string, case-insensitive, or a compiled regex).  Returns the message."""
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    err = info.value
-    assert err.code() == code, "got %s: %s" % (err.code(), err.details())
-    msg = err.details() or ""
-    for n in needles:
-        if isinstance(n, re.Pattern):
-            assert n.search(msg), "%r not in the message %r" % (n.pattern, msg)
-        else:
-            assert n.lower() in msg.lower(), "%r not in the message %r" % (n, msg)
-    return msg
 
 
 @pytest.fixture

@@ -20,26 +20,13 @@ import grpc
 import pytest
 
 import harness
-from harness import F32, health_pb2, health_pb2_grpc, velo_pb2, velo_pb2_grpc
+from harness import F32, expect_error, health_pb2, health_pb2_grpc, velo_pb2, velo_pb2_grpc
 
 GENERATE = "/velo.v1.TextGeneration/Generate"
 TOKENIZE = "/velo.v1.TextGeneration/Tokenize"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 NUL_MESSAGE = "a string field contains a NUL byte (U+0000)"
 MIB = 1 << 20
-
-
-def expect_error(call, code, *needles):
-    """Runs call() and checks it fails with code and a message containing
-    every needle (case-insensitive).  Returns the message."""
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    err = info.value
-    assert err.code() == code, "got %s: %s" % (err.code(), err.details())
-    msg = err.details() or ""
-    for n in needles:
-        assert n.lower() in msg.lower(), "%r not in the message %r" % (n, msg)
-    return msg
 
 
 def raw_call(channel, method, data, stream=False, timeout=harness.CALL_TIMEOUT_S):

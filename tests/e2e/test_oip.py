@@ -22,7 +22,6 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 import harness
-from harness import velo_pb2_grpc
 from oip_ref import client as oip
 from oip_ref.client import IDENTITY, TEXTGEN, pb
 
@@ -32,29 +31,8 @@ N_TOKENS = 32
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oip")
-    repo = oip.make_repository(root / "models")
-    v = oip.start_velod(repo, root / "velod.log")
-    yield v
-    code, killed = v.stop()
-    assert not killed and code == 0, "velod exit status %s (SIGKILL needed: %s)" % (code, killed)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    ch = server.channel()
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def infer(channel):
-    return oip.stub(channel)
-
-
-@pytest.fixture(scope="module")
-def textgen(channel):
-    return velo_pb2_grpc.TextGenerationStub(channel)
+    """velod for server_channel, infer and textgen (conftest.py)."""
+    yield from oip.serve(tmp_path_factory.mktemp("oip"))
 
 
 # ---- the definition on the wire ------------------------------------------------------
@@ -86,12 +64,12 @@ def messages_of(files):
     return out
 
 
-def test_velod_serves_the_published_definition(channel):
+def test_velod_serves_the_published_definition(server_channel):
     """Every message, field and method of our transcription of the published
     protocol is in velod's definition (as its reflection describes it) with
     the same number, type, label and streaming: no drift.  velod may have
     more (newer published fields)."""
-    theirs_files = velod_descriptors(channel, "inference.GRPCInferenceService")
+    theirs_files = velod_descriptors(server_channel, "inference.GRPCInferenceService")
     ours_file = descriptor_pb2.FileDescriptorProto()
     oip.pb.DESCRIPTOR.CopyToProto(ours_file)
     assert ours_file.package == "inference"
@@ -544,5 +522,5 @@ def test_text_generation_bad_parameter(infer):
     assert "max_tokens" in e.details() and "-5" in e.details(), e.details()
 
 
-def test_server_still_serving(channel):
-    oip.still_serving(channel)
+def test_server_still_serving(server_channel):
+    oip.still_serving(server_channel)

@@ -28,18 +28,6 @@ def infer(channel):
     return pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def set_param(pmap, key, value):
-    p = pmap[key]
-    if isinstance(value, bool):
-        p.bool_param = value
-    elif isinstance(value, int):
-        p.int64_param = value
-    elif isinstance(value, float):
-        p.double_param = value
-    else:
-        p.string_param = value
-
-
 def text_request(prompt, rid="", outputs=(), raw=True, **params):
     req = pb.ModelInferRequest(model_name=MODEL, id=rid)
     t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
@@ -51,7 +39,7 @@ def text_request(prompt, rid="", outputs=(), raw=True, **params):
     for name in outputs:
         req.outputs.add(name=name)
     for k, v in params.items():
-        set_param(req.parameters, k, v)
+        harness.set_param(req.parameters, k, v)
     return req
 
 

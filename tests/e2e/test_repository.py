@@ -56,29 +56,8 @@ def server(tmp_path_factory):
     """velod with --model-control explicit; identity and stories loaded at
     start-up, the broken models not."""
     root = tmp_path_factory.mktemp("repository")
-    repo = make_full_repository(root / "models")
-    v = oip.start_velod(repo, root / "velod.log", "--model-control", "explicit",
-                        "--load-model", IDENTITY, "--load-model", TEXTGEN)
-    yield v
-    code, killed = v.stop()
-    assert not killed and code == 0, "velod exit status %s (SIGKILL needed: %s)" % (code, killed)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    ch = server.channel()
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def infer(channel):
-    return oip.stub(channel)
-
-
-@pytest.fixture(scope="module")
-def textgen(channel):
-    return velo_pb2_grpc.TextGenerationStub(channel)
+    yield from oip.serve(root, "--model-control", "explicit", "--load-model", IDENTITY,
+                         "--load-model", TEXTGEN, repo=make_full_repository(root / "models"))
 
 
 def index(infer, ready=False):
@@ -265,10 +244,10 @@ def test_load_bad_model_name(infer, name):
     assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), e
 
 
-def test_velo_models_load_and_unload_agree_with_the_index(channel, infer):
+def test_velo_models_load_and_unload_agree_with_the_index(server_channel, infer):
     """velo.v1.Models LoadModel/UnloadModel act on the same repository: the
     Open Inference Protocol's index and ModelReady follow them."""
-    models = velo_pb2_grpc.ModelsStub(channel)
+    models = velo_pb2_grpc.ModelsStub(server_channel)
     models.UnloadModel(velo_pb2.UnloadModelRequest(name=IDENTITY), timeout=T)
     assert not ready(infer, IDENTITY)
     row = index(infer)[IDENTITY]

@@ -28,36 +28,18 @@ DECLARED_INPUTS = "INPUT0:FP32:-1,2;INPUT1:INT64:3"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """velod for server_channel and infer (conftest.py), with DECLARED too."""
     root = tmp_path_factory.mktemp("validation")
     repo = oip.make_repository(root / "models")
     oip.write_model(repo, DECLARED, {"task": "identity", "parameters": {"inputs": DECLARED_INPUTS}})
-    v = oip.start_velod(repo, root / "velod.log")
-    yield v
-    code, killed = v.stop()
-    assert not killed and code == 0, "velod exit status %s (SIGKILL needed: %s)" % (code, killed)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    ch = server.channel()
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def infer(channel):
-    return oip.stub(channel)
+    yield from oip.serve(root, repo=repo)
 
 
 def refused(infer, req, *needles):
     """req gets INVALID_ARGUMENT, and the message contains every needle
     (case-insensitive).  Returns the message."""
-    e = oip.error_of(infer.ModelInfer, req, timeout=T)
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, "%s: %s" % (e.code(), e.details())
-    msg = e.details()
-    for n in needles:
-        assert n.lower() in msg.lower(), "%r not in the message %r" % (n, msg)
-    return msg
+    return harness.expect_error(lambda: infer.ModelInfer(req, timeout=T),
+                                grpc.StatusCode.INVALID_ARGUMENT, *needles)
 
 
 def identity_req(*tensors):
@@ -338,11 +320,11 @@ def test_validation_on_the_stream(infer):
 
 
 # ---- and afterwards ------------------------------------------------------------------------------
-def test_zz_still_ready_and_serving(server, channel, infer, prompts):
+def test_zz_still_ready_and_serving(server, server_channel, infer, prompts):
     """Runs last in this module (pytest keeps file order): after every bad
     request above, velod is alive, ready, and serves both models."""
     assert server.alive()
-    oip.still_serving(channel)
+    oip.still_serving(server_channel)
     p = prompts[0]
     r = infer.ModelInfer(oip.text_request(TEXTGEN, p["prompt"], max_tokens=8, temperature=0.0,
                                           ignore_eos=True), timeout=T)

@@ -20,8 +20,8 @@ Tools: protoc and grpc_python_plugin from PATH, or VELO_PROTOC and
 VELO_GRPC_PYTHON_PLUGIN (tests/e2e/CMakeLists.txt passes the build's).
 
 Also here: the repository and velod set-up the protocol tests share, tensor
-encoding (typed contents, raw bytes, BYTES length prefixes), parameters, and
-text generation over ModelInfer and ModelStreamInfer.
+encoding (typed contents, raw bytes, BYTES length prefixes), parameter values,
+and text generation over ModelInfer and ModelStreamInfer.
 """
 import atexit
 import importlib.util
@@ -192,21 +192,6 @@ def add_input(req, name, datatype, shape, value, raw):
     return t
 
 
-def set_param(pmap, key, value):
-    """pmap[key] = value as an InferParameter of the matching kind."""
-    p = pmap[key]
-    if isinstance(value, bool):
-        p.bool_param = value
-    elif isinstance(value, int):
-        p.int64_param = value
-    elif isinstance(value, float):
-        p.double_param = value
-    elif isinstance(value, str):
-        p.string_param = value
-    else:
-        raise TypeError("parameter %s: unsupported value %r" % (key, value))
-
-
 def param_value(p):
     """The Python value of an InferParameter (None when unset)."""
     kind = p.WhichOneof("parameter_choice")
@@ -253,7 +238,7 @@ def text_request(model, prompt, raw=True, request_id="", **params):
     req = pb.ModelInferRequest(model_name=model, id=request_id)
     add_input(req, "text_input", "BYTES", [1], [prompt.encode("utf-8")], raw)
     for k, v in params.items():
-        set_param(req.parameters, k, v)
+        harness.set_param(req.parameters, k, v)
     return req
 
 
@@ -358,6 +343,20 @@ def make_repository(root):
 def start_velod(repo, log_path, *extra):
     """A velod serving repo (more options in extra), started and ready."""
     return harness.Velod(["--model-repository", str(repo)] + list(extra), log_path).start()
+
+
+def serve(root, *extra, repo=None):
+    """For a test module's `server` fixture (conftest.py gives such modules
+    server_channel, infer and textgen): `yield from oip.serve(root, ...)`
+    runs a velod serving repo (default: make_repository(root / "models"))
+    with the options extra and its log in root/velod.log, yields it, and at
+    teardown stops it and checks that it exited by itself with status 0."""
+    root = Path(root)
+    v = start_velod(repo if repo is not None else make_repository(root / "models"),
+                    root / "velod.log", *extra)
+    yield v
+    code, killed = v.stop()
+    assert not killed and code == 0, "velod exit status %s (SIGKILL needed: %s)" % (code, killed)
 
 
 def still_serving(channel, timeout=harness.CALL_TIMEOUT_S):
