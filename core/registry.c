@@ -238,10 +238,10 @@ static velo_status copy_metadata(entry *e, const velo_model_metadata *md, velo_e
   return VELO_OK;
 }
 
-/* Reserves name for a load in progress: ALREADY_EXISTS if it is loaded or
- * being loaded.  Call with r->lock held. */
-static velo_status reserve_name(velo_registry *r, const char *name, velo_error *err) {
-  for (entry *x = r->head; x; x = x->next)
+/* Reserves name for a load in progress: ALREADY_EXISTS if it is being
+ * loaded, or loaded and !replace.  Call with r->lock held. */
+static velo_status reserve_name(velo_registry *r, const char *name, bool replace, velo_error *err) {
+  for (entry *x = r->head; x && !replace; x = x->next)
     if (strcmp(x->pub.name, name) == 0)
       return velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is already loaded (from %s)",
                             name, x->pub.path);
@@ -264,7 +264,10 @@ static void unreserve_name(velo_registry *r, const char *name) {
     }
 }
 
-velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, velo_error *err) {
+/* Loads spec; with replace, a loaded model of the same name is swapped out
+ * (see velo_registry_replace) once the new one is ready. */
+static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool replace,
+                             velo_error *err) {
   bool has_path = spec && spec->path && *spec->path;
   if (!spec || (!has_path && !(spec->name && *spec->name)))
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "a model needs a file path or a name");
@@ -294,7 +297,7 @@ velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, ve
     return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   }
   pthread_mutex_lock(&r->lock);
-  velo_status st = reserve_name(r, e->pub.name, err);
+  velo_status st = reserve_name(r, e->pub.name, replace, err);
   pthread_mutex_unlock(&r->lock);
   if (st != VELO_OK) {
     entry_free(e);
@@ -326,22 +329,50 @@ velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, ve
     st = e->pub.task->model_metadata(e->model, &md, err);
     if (st == VELO_OK) st = copy_metadata(e, &md, err);
   }
+  entry *old = NULL;
   pthread_mutex_lock(&r->lock);
   unreserve_name(r, e->pub.name);
   if (st == VELO_OK) {
-    entry **tail = &r->head;
-    while (*tail) tail = &(*tail)->next;
-    *tail = e;
+    entry **slot = &r->head;
+    while (*slot && strcmp((*slot)->pub.name, e->pub.name) != 0) slot = &(*slot)->next;
+    if (*slot && !replace) { /* cannot happen: the reservation checked */
+      st = velo_error_set(err, VELO_ALREADY_EXISTS, "a model named '%s' is already loaded", e->pub.name);
+    } else if (*slot && atomic_exchange(&(*slot)->unloading, true)) {
+      /* Not ours to replace: someone else is unloading it right now. */
+      st = velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded; load it again afterwards",
+                          e->pub.name);
+    } else if (*slot) { /* swap: the old entry's list reference is now ours */
+      old = *slot;
+      e->next = old->next;
+      *slot = e;
+    } else {
+      *slot = e; /* the end of the list */
+    }
   }
   pthread_mutex_unlock(&r->lock);
   if (st != VELO_OK) {
     entry_free(e);
     return st;
   }
+  if (old) {
+    entry_unload_model(old); /* ends its requests in flight with UNAVAILABLE */
+    velo_log(VELO_LOG_INFO, SRC, "model '%s': old version unloaded (replaced)", old->pub.name);
+    velo_model_entry_release(&old->pub);
+  }
   velo_log(VELO_LOG_INFO, SRC, "model '%s' loaded from %s (task %s, backend %s:%d, context %lld)",
            e->pub.name, *e->pub.path ? e->pub.path : "(no file)", e->pub.task_name,
            e->pub.backend_name, (int)e->pub.device, (long long)e->pub.context_length);
   return VELO_OK;
+}
+
+velo_status velo_registry_load(velo_registry *r, const velo_model_spec *spec, velo_error *err) {
+  return load_impl(r, spec, false, err);
+}
+
+velo_status velo_registry_replace(velo_registry *r, const velo_model_spec *spec, velo_error *err) {
+  if (!spec || !spec->name || !*spec->name)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "replace: the model name is missing");
+  return load_impl(r, spec, true, err);
 }
 
 velo_status velo_registry_unload(velo_registry *r, const char *name, velo_error *err) {

@@ -85,6 +85,17 @@ void velo_registry_destroy(velo_registry *reg);
  * registry unchanged. */
 velo_status velo_registry_load(velo_registry *reg, const velo_model_spec *spec,
                                velo_error *err);
+/* Loads spec (spec->name required) next to the model of that name, if
+ * any, and only once the new one is ready swaps it into the list in the
+ * old one's place, atomically: requests find the old model until then and
+ * the new one after, never nothing.  The old one is then unloaded as by
+ * velo_registry_unload (its requests in flight end with UNAVAILABLE).  A
+ * failed load leaves the old model serving, untouched.  With no model of
+ * that name this is velo_registry_load.  ALREADY_EXISTS if the name is
+ * being loaded; UNAVAILABLE if the old model is being unloaded meanwhile
+ * (the new one is then discarded); the load's own errors.  Both models
+ * hold memory at once while the new one loads. */
+velo_status velo_registry_replace(velo_registry *reg, const velo_model_spec *spec, velo_error *err);
 /* Unloads the model as described above; returns when its memory is freed.
  * NOT_FOUND if there is no such model, UNAVAILABLE if an unload of it is
  * already running. */

@@ -97,12 +97,6 @@ static const char *show(const char *s, char *out) {
   return out;
 }
 
-/* True if path names a regular file (following links). */
-static bool is_file(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 /* True if path names a directory (following links). */
 static bool is_dir(const char *path) {
   struct stat st;
@@ -160,11 +154,14 @@ static repo_model *add_locked(velo_repository *repo, const char *name) {
   return rm;
 }
 
-/* True if DIR/name/config.json exists. */
+/* True if DIR/name/config.json exists, whatever it is (a directory, a
+ * FIFO or a dangling link too): reading it then says what is wrong with
+ * it, rather than "no config.json". */
 static bool has_config(const velo_repository *repo, const char *name) {
   char path[PATH_MAX];
+  struct stat st;
   int n = snprintf(path, sizeof path, "%s/%s/" CONFIG_NAME, repo->dir, name);
-  return n > 0 && (size_t)n < sizeof path && is_file(path);
+  return n > 0 && (size_t)n < sizeof path && lstat(path, &st) == 0;
 }
 
 /* Reads the repository directory: every subdirectory with a valid name and
@@ -257,14 +254,18 @@ static const char *json_kind(json_object *v) {
 static velo_status read_small_file(const char *model, const char *path, char **out, size_t *len,
                                    velo_error *err) {
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO must not block the open; it is refused below. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return velo_error_set(err, errno == ENOENT ? VELO_NOT_FOUND : VELO_PERMISSION_DENIED,
                           "model '%s': cannot open %s: %s", model, path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': %s is not a regular file", model, path);
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "model '%s': %s is not a regular file (a directory, device, FIFO or a link to "
+                          "one); it must be a JSON file",
+                          model, path);
   }
   if (st.st_size > CONFIG_MAX_BYTES) {
     close(fd);
@@ -290,8 +291,105 @@ static velo_status read_small_file(const char *model, const char *path, char **o
   return VELO_OK;
 }
 
+/* One object key seen by find_duplicate_key: which object it belongs to
+ * (numbered in document order) and the key, decoded. */
+typedef struct seen_key {
+  size_t object;
+  char *key;
+  size_t at; /* byte offset, to report the first duplicate in the text */
+} seen_key;
+
+static int seen_key_cmp(const void *a, const void *b) {
+  const seen_key *x = a, *y = b;
+  if (x->object != y->object) return x->object < y->object ? -1 : 1;
+  int c = strcmp(x->key, y->key);
+  if (c) return c;
+  return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Finds a key that appears twice in one object of text, which json-c has
+ * already accepted as strict JSON.  json-c keeps the last value of a
+ * duplicate key without telling (no flag of its tokener reports it), so
+ * this walks the text once more: a small scanner that only tracks strings,
+ * nesting and which strings are keys, decodes each key (json-c decodes a
+ * key with escapes, so "\u0074ask" equals "task"), then sorts the keys by
+ * (object, key) and compares neighbours: O(n log n).  Returns a malloc'd
+ * copy of the duplicated key (the first in the text), or NULL if there is
+ * none; *oom is set when memory ran out. */
+static char *find_duplicate_key(const char *text, size_t len, bool *oom) {
+  enum { MAX_NEST = CONFIG_MAX_DEPTH + 4 };
+  size_t obj_stack[MAX_NEST]; /* object number, or SIZE_MAX for an array */
+  int depth = 0;
+  bool expect_key = false;
+  size_t n_objects = 0, n = 0, cap = 0;
+  seen_key *keys = NULL;
+  char *dup = NULL;
+  *oom = false;
+  for (size_t i = 0; i < len; i++) {
+    char ch = text[i];
+    if (ch == '{' || ch == '[') {
+      if (depth == MAX_NEST) break; /* json-c refused deeper text already */
+      obj_stack[depth++] = ch == '{' ? n_objects++ : SIZE_MAX;
+      expect_key = ch == '{';
+    } else if (ch == '}' || ch == ']') {
+      if (depth) depth--;
+      expect_key = false;
+    } else if (ch == ',') {
+      expect_key = depth && obj_stack[depth - 1] != SIZE_MAX;
+    } else if (ch == '"') {
+      size_t start = i++;
+      bool escaped = false;
+      while (i < len && text[i] != '"') {
+        if (text[i] == '\\') {
+          escaped = true;
+          i++;
+        }
+        i++;
+      }
+      if (!expect_key) continue;
+      expect_key = false;
+      char *key = NULL;
+      if (escaped) { /* let json-c decode the escapes */
+        char *lit = strndup(text + start, i + 1 - start);
+        json_object *o = lit ? json_tokener_parse(lit) : NULL;
+        free(lit);
+        if (o && json_object_is_type(o, json_type_string)) key = strdup(json_object_get_string(o));
+        if (o) json_object_put(o);
+      } else {
+        key = strndup(text + start + 1, i - start - 1);
+      }
+      if (key && n == cap) {
+        size_t nc = cap ? 2 * cap : 32;
+        seen_key *grown = realloc(keys, nc * sizeof *grown);
+        if (grown) keys = grown, cap = nc;
+      }
+      if (!key || n == cap) {
+        free(key);
+        *oom = true;
+        goto out;
+      }
+      keys[n++] = (seen_key){.object = obj_stack[depth - 1], .key = key, .at = start};
+    }
+  }
+  if (n > 1) qsort(keys, n, sizeof *keys, seen_key_cmp);
+  size_t first_at = SIZE_MAX;
+  for (size_t k = 1; k < n; k++)
+    if (keys[k].object == keys[k - 1].object && strcmp(keys[k].key, keys[k - 1].key) == 0 &&
+        keys[k].at < first_at) {
+      first_at = keys[k].at;
+      free(dup);
+      dup = strdup(keys[k].key);
+      if (!dup) *oom = true;
+    }
+out:
+  for (size_t k = 0; k < n; k++) free(keys[k].key);
+  free(keys);
+  return dup;
+}
+
 /* Parses text as one JSON object (strict JSON, valid UTF-8, nothing after
- * it).  Errors name the file and the byte offset. */
+ * it, no key twice in one object).  Errors name the file and the byte
+ * offset or the key. */
 static velo_status parse_json(const char *model, const char *path, const char *text, size_t len,
                               json_object **out, velo_error *err) {
   *out = NULL;
@@ -326,6 +424,21 @@ static velo_status parse_json(const char *model, const char *path, const char *t
     json_object_put(root);
     return VELO_INVALID_ARGUMENT;
   }
+  bool oom = false;
+  char *dup = find_duplicate_key(text, len, &oom);
+  if (dup || oom) {
+    char shown[SHOW_MAX + 4];
+    json_object_put(root);
+    if (oom) {
+      free(dup);
+      return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    velo_error_set(err, VELO_INVALID_ARGUMENT,
+                   "model '%s': %s: key '%s' appears twice in one object; each key may appear once",
+                   model, path, show(dup, shown));
+    free(dup);
+    return VELO_INVALID_ARGUMENT;
+  }
   *out = root;
   return VELO_OK;
 }
@@ -349,11 +462,25 @@ static velo_status get_string(const char *model, const char *path, const char *k
   return VELO_OK;
 }
 
+/* True if json-c clamped the integer v: it stores a number beyond 64 bits
+ * as INT64_MIN or UINT64_MAX without an error, so these two values (and
+ * INT64_MAX, which a value between 2^63 and 2^64 - 1 reads as) are taken
+ * as out of range - no setting needs them. */
+static bool int_saturated(json_object *v) {
+  int64_t x = json_object_get_int64(v);
+  return x == INT64_MIN || x == INT64_MAX;
+}
+
 /* An integer value in [lo, hi], or an error naming key and the range. */
 static velo_status get_int(const char *model, const char *path, const char *key, json_object *v,
                            int64_t lo, int64_t hi, int64_t *out, velo_error *err) {
   char shown[SHOW_MAX + 4];
   int64_t x = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : 0;
+  if (json_object_is_type(v, json_type_int) && int_saturated(v))
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "model '%s': %s: key '%s' must be an integer from %lld to %lld, got a number out "
+                          "of range (beyond 64 bits)",
+                          model, path, key, (long long)lo, (long long)hi);
   if (!json_object_is_type(v, json_type_int) || x < lo || x > hi)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
                           "model '%s': %s: key '%s' must be an integer from %lld to %lld, got %s", model,
@@ -389,6 +516,12 @@ static velo_status get_params(const char *model, const char *path, json_object *
       case json_type_int:
         p->type = VELO_PARAM_INT64;
         p->value.i = json_object_get_int64(val);
+        if (int_saturated(val))
+          return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                                "model '%s': %s: parameters.%s is out of range: integers must be from "
+                                "%lld to %lld",
+                                model, path, show(key, shown_key), (long long)INT64_MIN + 1,
+                                (long long)INT64_MAX - 1);
         break;
       case json_type_double:
         p->type = VELO_PARAM_DOUBLE;
@@ -448,6 +581,9 @@ static velo_status check_file(const velo_repository *repo, const char *model, co
   if (!S_ISREG(st.st_mode))
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': %s: key 'file': %s is not a regular file",
                           model, path, c->path);
+  /* A symbolic link may point anywhere (a shared model file linked into
+   * the repository is common): links are made by whoever runs the server,
+   * while "file" itself cannot name a path outside the model's directory. */
   return VELO_OK;
 }
 
@@ -541,8 +677,9 @@ static void set_state(velo_repository *repo, repo_model *rm, const char *op_stat
 }
 
 /* Loads (or reloads) the known model rm; the caller holds rm->op.  The
- * config is read first, so a broken new config leaves a loaded model
- * loaded; then a loaded model is unloaded and the new one loaded. */
+ * new model is loaded next to a loaded old one and swapped in only once it
+ * is ready (velo_registry_replace), so a broken config or a failed load
+ * leaves the old model serving, and there is no gap. */
 static velo_status load_model(velo_repository *repo, repo_model *rm, velo_error *err) {
   model_config c;
   velo_error local;
@@ -561,18 +698,6 @@ static velo_status load_model(velo_repository *repo, repo_model *rm, velo_error 
     config_free(&c);
     return st;
   }
-  velo_model_entry *old = velo_registry_acquire(repo->reg, rm->name);
-  if (old) {
-    velo_model_entry_release(old);
-    velo_log(VELO_LOG_INFO, SRC, "model '%s': reloading (requests in flight end with UNAVAILABLE)",
-             rm->name);
-    st = velo_registry_unload(repo->reg, rm->name, err);
-    if (st != VELO_OK && st != VELO_NOT_FOUND) {
-      set_state(repo, rm, NULL, NULL);
-      config_free(&c);
-      return st;
-    }
-  }
   velo_model_spec spec = {
       .name = rm->name,
       .path = c.path,
@@ -584,12 +709,15 @@ static velo_status load_model(velo_repository *repo, repo_model *rm, velo_error 
       .n_params = c.n_params,
       .params = c.params,
   };
-  st = velo_registry_load(repo->reg, &spec, err);
+  /* Replace, not unload + load: the old model serves until the new one is
+   * ready, and stays if the new one fails to load. */
+  st = velo_registry_replace(repo->reg, &spec, err);
   config_free(&c);
   if (st != VELO_OK) name_model_in_error(rm->name, err);
+  bool still_loaded = st != VELO_OK && registry_ready(repo->reg, rm->name);
   pthread_mutex_lock(&repo->mu);
   rm->op_state = NULL;
-  set_string(&rm->reason, st == VELO_OK ? "" : err->message);
+  if (!still_loaded) set_string(&rm->reason, st == VELO_OK ? "" : err->message);
   pthread_mutex_unlock(&repo->mu);
   return st;
 }

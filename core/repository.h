@@ -24,8 +24,9 @@
  *   }
  * Unknown keys are an error (a typo must not be silently ignored), and so
  * are wrong types, out-of-range numbers, an absolute "file" or one with a
- * ".." component (symbolic links inside the model directory are followed),
- * and a "file" that does not exist.  Each error names the model, the file,
+ * ".." component, one whose real path (links followed) is outside the
+ * model's directory, a "file" that does not exist, a key that appears
+ * twice in one object, and a config.json that is not a regular file.  Each error names the model, the file,
  * the key and what is allowed.  config.json is read again at every load,
  * so an edited config takes effect on the next load.
  *
@@ -47,10 +48,11 @@
  * request is reported to its caller).
  *
  * Reloading a loaded model (a load request for it) reads its config.json
- * first, so a broken new config leaves the old model serving; then the old
- * model is unloaded (its requests in flight end with UNAVAILABLE) and the
- * new one loaded.  Between the two, requests for it get NOT_FOUND: there
- * is a gap, and if the new load fails the model stays UNAVAILABLE.
+ * and loads the new model next to the old one (both in memory meanwhile);
+ * only when the new one is ready is it swapped in under the name, and the
+ * old one unloaded (its requests in flight end with UNAVAILABLE).  There
+ * is no gap: requests find the old model, then the new one.  If the config
+ * is broken or the new load fails, the old model keeps serving, untouched.
  *
  * Thread-safety: every function may be called from any thread; loads and
  * unloads of the same model are serialised.

@@ -14,6 +14,7 @@
 struct velo_srv_send_msg {
   velo_srv_send_msg *next;
   grpc_byte_buffer *bb;
+  size_t bytes; /* grpc_byte_buffer_length(bb) */
 };
 
 /* ------------------------------------------------------------------ */
@@ -98,16 +99,28 @@ static void drop_queue(velo_srv_send *s) {
   while (s->head) {
     velo_srv_send_msg *m = s->head;
     s->head = m->next;
+    s->queued_bytes -= m->bytes;
+    s->n_queued--;
     grpc_byte_buffer_destroy(m->bb);
     free(m);
   }
   s->tail = NULL;
 }
 
+/* Destroys the message of the batch in flight (or refused) and takes it
+ * out of the counts. */
+static void drop_sending(velo_srv_send *s) {
+  if (!s->sending) return;
+  grpc_byte_buffer_destroy(s->sending);
+  s->sending = NULL;
+  s->queued_bytes -= s->sending_bytes;
+  s->n_queued--;
+  s->sending_bytes = 0;
+}
+
 void velo_srv_send_free(velo_srv_send *s) {
   drop_queue(s);
-  if (s->sending) grpc_byte_buffer_destroy(s->sending);
-  s->sending = NULL;
+  drop_sending(s);
   free(s->final_message);
   s->final_message = NULL;
 }
@@ -134,6 +147,9 @@ bool velo_srv_send_push_locked(velo_srv_send *s, grpc_byte_buffer *bb) {
   }
   m->next = NULL;
   m->bb = bb;
+  m->bytes = grpc_byte_buffer_length(bb);
+  s->queued_bytes += m->bytes;
+  s->n_queued++;
   if (s->tail) s->tail->next = m;
   else s->head = m;
   s->tail = m;
@@ -166,6 +182,7 @@ void velo_srv_send_pump_locked(velo_srv_send *s) {
     s->head = m->next;
     if (!s->head) s->tail = NULL;
     s->sending = m->bb;
+    s->sending_bytes = m->bytes;
     free(m);
   }
   if (with_status) s->status_started = true;
@@ -177,8 +194,7 @@ void velo_srv_send_pump_locked(velo_srv_send *s) {
     velo_log(VELO_LOG_ERROR, s->source, "cannot send on %s: error %d", s->what, (int)rc);
     s->in_flight = false;
     (*s->refs)--; /* never the last: the caller holds one */
-    if (s->sending) grpc_byte_buffer_destroy(s->sending);
-    s->sending = NULL;
+    drop_sending(s);
     s->dead = true;
     drop_queue(s);
   }
@@ -187,8 +203,7 @@ void velo_srv_send_pump_locked(velo_srv_send *s) {
 void velo_srv_send_completed_locked(velo_srv_send *s, bool ok) {
   s->in_flight = false;
   if (s->sending) {
-    grpc_byte_buffer_destroy(s->sending);
-    s->sending = NULL;
+    drop_sending(s);
     if (ok) s->n_sent++;
   }
   if (!ok) s->dead = true;

@@ -92,6 +92,9 @@ typedef struct velo_srv_send {
   grpc_status_code final_code;
   char *final_message;            /* cleaned; NULL: none */
   uint64_t n_sent;                /* messages whose batch completed ok */
+  size_t sending_bytes;           /* grpc_byte_buffer_length(sending) */
+  size_t n_queued;                /* messages not yet sent: queued + in flight */
+  size_t queued_bytes;            /* their bytes (grpc_byte_buffer_length) */
 } velo_srv_send;
 
 /* Initialises s (all of it) for call; on_done is called when each batch
@@ -136,6 +139,14 @@ void velo_srv_send_finish_locked(velo_srv_send *s, grpc_status_code code, const 
  * call dead and drops the queue (the caller's own reference keeps *refs
  * above 0). */
 void velo_srv_send_pump_locked(velo_srv_send *s);
+
+/* Messages queued or in flight on s and their bytes: what the owner
+ * checks to hold back reading while its client does not read (flow
+ * control).  Caller holds the owner's mutex. */
+static inline bool velo_srv_send_backlog_over_locked(const velo_srv_send *s, size_t max_messages,
+                                                     size_t max_bytes) {
+  return s->n_queued > max_messages || s->queued_bytes > max_bytes;
+}
 
 /* The batch in flight completed (ok false: the call is gone): frees its
  * message and counts it in n_sent.  The caller then pumps and drops the

@@ -9,7 +9,10 @@
  * entry or adds one.  Check answers an entry's status, or NOT_FOUND for a
  * name not in the table.  Watch on a name not in the table gets
  * SERVICE_UNKNOWN and stays open, as the protocol says: should the name be
- * added later, the watcher is sent its status.
+ * added later, the watcher is sent its status.  Names are at most
+ * MAX_SERVICE_NAME bytes (or the longest served service's): a Watch on a
+ * longer one stays SERVICE_UNKNOWN without its name being kept, so a
+ * watcher costs a bounded amount of memory.
  *
  * At shutdown (velo_srv_health_shutdown, from velo_server_begin_shutdown)
  * every entry becomes NOT_SERVING; each watcher is sent that change and
@@ -41,6 +44,11 @@
  * (about 14 KB of gRPC memory each). */
 #define MAX_WATCHERS 1024
 
+/* The longest service name the table takes (velo_server_set_health), unless
+ * a service velod serves has a longer one (health->max_name).  A Watch on a
+ * longer name is SERVICE_UNKNOWN for good: its name is not kept. */
+#define MAX_SERVICE_NAME 256
+
 /* SERVICE_UNKNOWN, the status of a name not in the table (Watch only). */
 #define STATUS_SERVICE_UNKNOWN \
   ((int)GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN)
@@ -55,7 +63,8 @@ typedef struct watcher {
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
   velo_server *srv;
   grpc_call *call;
-  char *service;          /* the name watched; owned */
+  char *service;          /* the name watched; owned; NULL: a name longer
+                             than any the table can hold (SERVICE_UNKNOWN) */
   struct watcher *prev, *next; /* in health->watchers while listed */
   /* Guarded by health->mu: */
   int refs;               /* handler, close op, send op */
@@ -69,6 +78,7 @@ struct velo_srv_health {
   pthread_mutex_t mu;
   health_entry *entries;
   size_t n_entries, cap_entries;
+  size_t max_name;        /* the longest name an entry may have */
   watcher *watchers;      /* doubly linked, newest first */
   size_t n_watchers;
   bool shut_down;
@@ -78,8 +88,9 @@ struct velo_srv_health {
 /* The table                                                           */
 /* ------------------------------------------------------------------ */
 
-/* The entry for name, or NULL.  Caller holds mu. */
+/* The entry for name (NULL: none), or NULL.  Caller holds mu. */
 static health_entry *find_locked(struct velo_srv_health *h, const char *name) {
+  if (!name) return NULL;
   for (size_t i = 0; i < h->n_entries; i++)
     if (strcmp(h->entries[i].name, name) == 0) return &h->entries[i];
   return NULL;
@@ -115,6 +126,9 @@ velo_status velo_srv_health_create(velo_server *srv, velo_error *err) {
   if (!h) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   pthread_mutex_init(&h->mu, NULL);
   srv->health = h; /* freed by velo_srv_health_destroy, also on failure */
+  h->max_name = MAX_SERVICE_NAME;
+  for (size_t i = 0; i < srv->n_services; i++)
+    if (strlen(srv->services[i]) > h->max_name) h->max_name = strlen(srv->services[i]);
   if (!add_locked(h, "", VELO_SERVER_SERVING))
     return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t i = 0; i < srv->n_services; i++)
@@ -223,19 +237,22 @@ static void watcher_close_done(velo_srv_tag *tag, bool ok) {
 /* Pumps every watcher of name (NULL: every watcher).  Caller holds mu. */
 static void notify_locked(struct velo_srv_health *h, const char *name) {
   for (watcher *w = h->watchers; w; w = w->next)
-    if (!name || strcmp(w->service, name) == 0) pump_locked(h, w);
+    if (!name || (w->service && strcmp(w->service, name) == 0)) pump_locked(h, w);
 }
 
 /* Health/Watch: lists a watcher for req->service and sends its current
- * status.  Takes over call and the in-flight count. */
+ * status.  A name longer than h->max_name can never be in the table: it
+ * is not kept (w->service NULL) and stays SERVICE_UNKNOWN.  Takes over
+ * call and the in-flight count. */
 static void watch(velo_server *srv, grpc_call *call, const char *service) {
   struct velo_srv_health *h = srv->health;
   watcher *w = calloc(1, sizeof *w);
+  bool too_long = strlen(service) > h->max_name; /* max_name is set once, at creation */
   char msg[160];
   bool last;
 
-  if (w) w->service = strdup(service);
-  if (!w || !w->service) {
+  if (w && !too_long) w->service = strdup(service);
+  if (!w || (!too_long && !w->service)) {
     if (w) free(w);
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return;
@@ -305,6 +322,10 @@ velo_status velo_server_set_health(velo_server *srv, const char *service,
 
   if (!service)
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "velo_server_set_health: service is NULL");
+  if (strlen(service) > h->max_name)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "velo_server_set_health: service name has %zu bytes; at most %zu",
+                          strlen(service), h->max_name);
   if (status != VELO_SERVER_SERVING && status != VELO_SERVER_NOT_SERVING)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
                           "velo_server_set_health: status must be SERVING (1) or NOT_SERVING "

@@ -130,14 +130,31 @@ typedef struct velo_oip_request {
 /* Largest dims of one input (VELO_MAX_IO_DIMS). */
 #define VELO_OIP_MAX_DIMS VELO_MAX_IO_DIMS
 
+/* The most inputs, and the most requested outputs, of one request. */
+#define VELO_OIP_MAX_TENSORS 4096
+
+/* The most strings of a JSON-array "stop" parameter, and the most bytes
+ * of each (decoded).  They mirror the text plugin's TEXTGEN_MAX_STOP and
+ * TEXTGEN_MAX_STOP_BYTES (plugins/textgen/params.h): keep them equal. */
+#define VELO_OIP_MAX_STOP 16
+#define VELO_OIP_MAX_STOP_BYTES 256
+
+/* Finds the first repeated name among n names (name_of(ctx, i), i < n,
+ * each non-NULL) in O(n log n): the smallest *second that has an earlier
+ * equal name, and *first the earliest such.  Returns 1 when found, 0 when
+ * all differ (*first, *second untouched), -1 when out of memory.
+ * Thread-safe (works on its arguments only). */
+int velo_oip_first_duplicate(const char *(*name_of)(const void *ctx, size_t i), const void *ctx,
+                             size_t n, size_t *first, size_t *second);
+
 /* Validates msg against the model's declared inputs decl[0..n_decl) (none
  * declared: any names are accepted) and converts it into *out, which the
  * caller frees with velo_oip_request_free (also after an error: *out is
  * always left freeable).  model names the model in messages.
  *
  * Checks, each failing with INVALID_ARGUMENT and a message naming the
- * input (or parameter) and what was expected: no inputs; an empty or
- * repeated input name; an unknown datatype; more than VELO_OIP_MAX_DIMS
+ * input (or parameter) and what was expected: no inputs, or more than
+ * VELO_OIP_MAX_TENSORS; an empty or repeated input name; an unknown datatype; more than VELO_OIP_MAX_DIMS
  * dimensions or a negative one (0 is allowed: an empty tensor); an element
  * count or byte size that overflows; with declared inputs, an undeclared
  * input, a missing non-optional one, another datatype or a shape that does
@@ -151,7 +168,8 @@ typedef struct velo_oip_request {
  * tensor; a parameter without a value, with an empty key, a uint64 above
  * INT64_MAX (except "seed", passed on as the same 64 bits), "stream" or
  * "triton_enable_empty_final_response" not bool, or a "stop" that starts
- * with '[' but is not a JSON array of strings.  RESOURCE_EXHAUSTED when out
+ * with '[' but is not a JSON array of strings (or has more than
+ * VELO_OIP_MAX_STOP strings, or one over VELO_OIP_MAX_STOP_BYTES bytes).  RESOURCE_EXHAUSTED when out
  * of memory.  Thread-safe (works on its arguments only). */
 velo_status velo_oip_request_convert(const Inference__ModelInferRequest *msg, const char *model,
                                      const velo_io_desc *decl, size_t n_decl,

@@ -30,7 +30,10 @@
  * Errors: a request that fails on a ModelInfer call ends the call with the
  * gRPC status; on a ModelStreamInfer call it becomes one
  * ModelStreamInferResponse whose error_message is "<STATUS>: <message>"
- * (e.g. "INVALID_ARGUMENT: input 'x': ..."), and the stream goes on.
+ * (e.g. "INVALID_ARGUMENT: input 'x': ..."), flagged triton_final_response,
+ * and the stream goes on.  A stream whose responses pile up unsent (the
+ * client does not read) stops reading requests above STREAM_MAX_QUEUED
+ * messages or STREAM_MAX_QUEUED_BYTES until they drain.
  * Statistics: every request that named a loaded model counts in its
  * velo_model_stats, as a success (final OK) or a failure, with the time
  * from decoding to the final response.
@@ -54,6 +57,16 @@
  * (gRPC's flow control then holds the client back). */
 #define STREAM_MAX_ACTIVE 32
 
+/* The most responses of one ModelStreamInfer call waiting to be sent
+ * (queued or in flight), in messages and in bytes.  Above either, velod
+ * reads the next request only once the client has read enough of them
+ * (gRPC's flow control then holds the client back): a client that sends
+ * but does not read costs a bounded amount of memory.  Requests already
+ * running may add their responses beyond it: at most STREAM_MAX_ACTIVE
+ * requests' worth. */
+#define STREAM_MAX_QUEUED 256
+#define STREAM_MAX_QUEUED_BYTES ((size_t)16 << 20)
+
 typedef struct oip_rpc {
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
   velo_srv_tag recv_tag;  /* the one RECV_MESSAGE in flight (streams) */
@@ -68,7 +81,8 @@ typedef struct oip_rpc {
   int refs;
   velo_srv_send send;  /* the queue, the one batch in flight, the status */
   bool half_closed;    /* streams: no more requests will be read */
-  bool recv_paused;    /* streams: reading waits for a request to end */
+  bool recv_paused;    /* streams: reading waits for a request to end or
+                          for the client to read responses */
   size_t n_active;     /* requests submitted, final response not yet seen */
 } oip_rpc;
 
@@ -139,10 +153,16 @@ static void count_request(velo_model_entry *e, const struct timespec *started, b
                (uint64_t)wall.tv_sec * 1000 + (uint64_t)wall.tv_nsec / 1000000);
 }
 
-/* Elements of a shape (its dims are validated or produced by a task). */
+/* Elements of a shape whose dims are all >= 0 (produced by a task): 0
+ * when any dim is 0, whatever the others; -1 when the product overflows. */
 static int64_t count_of(const int64_t *dims, int32_t n) {
   int64_t c = 1;
-  for (int32_t i = 0; i < n; i++) c *= dims[i];
+  for (int32_t i = 0; i < n; i++)
+    if (dims[i] == 0) return 0;
+  for (int32_t i = 0; i < n; i++) {
+    if (c > INT64_MAX / dims[i]) return -1;
+    c *= dims[i];
+  }
   return c;
 }
 
@@ -192,12 +212,37 @@ static void rpc_unref(oip_rpc *rpc) {
   if (last) free_rpc(rpc);
 }
 
-/* A send batch completed (!ok: the call is gone): start the next one. */
+static void post_recv_locked(oip_rpc *rpc);
+static void maybe_end_stream_locked(oip_rpc *rpc);
+
+/* True while a stream may not read its next request: too many requests
+ * running, or too many responses unsent.  Caller holds mu. */
+static bool must_pause_locked(const oip_rpc *rpc) {
+  return rpc->n_active >= STREAM_MAX_ACTIVE ||
+         velo_srv_send_backlog_over_locked(&rpc->send, STREAM_MAX_QUEUED,
+                                           STREAM_MAX_QUEUED_BYTES);
+}
+
+/* Streams: reads on when reading was paused and may resume.  Caller
+ * holds mu. */
+static void maybe_read_on_locked(oip_rpc *rpc) {
+  if (rpc->stream && rpc->recv_paused && !must_pause_locked(rpc)) {
+    rpc->recv_paused = false;
+    post_recv_locked(rpc);
+  }
+}
+
+/* A send batch completed (!ok: the call is gone): start the next one, and
+ * read on if reading waited for the client to read. */
 static void send_done(velo_srv_tag *tag, bool ok) {
   oip_rpc *rpc = VELO_SRV_CONTAINER_OF(tag, oip_rpc, send.tag);
   bool last;
   pthread_mutex_lock(&rpc->mu);
   velo_srv_send_completed_locked(&rpc->send, ok);
+  if (rpc->stream) {
+    maybe_read_on_locked(rpc);
+    maybe_end_stream_locked(rpc); /* pumps */
+  }
   velo_srv_send_pump_locked(&rpc->send);
   last = --rpc->refs == 0;
   pthread_mutex_unlock(&rpc->mu);
@@ -396,20 +441,29 @@ out:
 /* A ModelStreamInferResponse for a request that failed: error_message
  * "<STATUS>: message", and an infer_response with only the request's
  * model_name and id (either may be NULL: unknown), so that the client
- * knows which request failed. */
+ * knows which request failed, and the parameter triton_final_response =
+ * true (it is the last message of that request). */
 static grpc_byte_buffer *pack_stream_error(grpc_status_code code, const char *message,
                                            const char *model, const char *id) {
   Inference__ModelStreamInferResponse sresp = INFERENCE__MODEL_STREAM_INFER_RESPONSE__INIT;
   Inference__ModelInferResponse resp = INFERENCE__MODEL_INFER_RESPONSE__INIT;
+  Inference__ModelInferResponse__ParametersEntry entry =
+      INFERENCE__MODEL_INFER_RESPONSE__PARAMETERS_ENTRY__INIT;
+  Inference__ModelInferResponse__ParametersEntry *entries[1] = {&entry};
+  Inference__InferParameter final = INFERENCE__INFER_PARAMETER__INIT;
   char text[VELO_SRV_STATUS_MAX + 32], clean[VELO_SRV_STATUS_MAX];
   snprintf(text, sizeof text, "%s: %s", velo_status_name((velo_status)code),
            velo_srv_clean_status(message, clean, sizeof clean));
   sresp.error_message = text;
-  if (model || id) {
-    if (model) resp.model_name = (char *)model;
-    if (id) resp.id = (char *)id;
-    sresp.infer_response = &resp;
-  }
+  if (model) resp.model_name = (char *)model;
+  if (id) resp.id = (char *)id;
+  final.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+  final.bool_param = 1;
+  entry.key = (char *)"triton_final_response";
+  entry.value = &final;
+  resp.n_parameters = 1;
+  resp.parameters = entries;
+  sresp.infer_response = &resp;
   return velo_srv_pack(&sresp.base);
 }
 
@@ -483,8 +537,9 @@ static bool output_ok(const velo_io_tensor *t) {
   for (int32_t d = 0; d < t->n_dims; d++)
     if (t->shape[d] < 0) return false;
   count = count_of(t->shape, t->n_dims);
+  if (count < 0) return false;
   es = velo_datatype_size(t->datatype);
-  return es == 0 || (uint64_t)count * es == t->size;
+  return es == 0 || ((uint64_t)count <= SIZE_MAX / es && (uint64_t)count * es == t->size);
 }
 
 /* Fills views (room for resp->n_outputs) with the outputs of resp that
@@ -516,8 +571,6 @@ bool velo_oip_call_cancelled(velo_call *vc) {
 
 /* Ends request vc: statistics, the stream's bookkeeping, then frees it.
  * The task has sent its final response. */
-static void post_recv_locked(oip_rpc *rpc);
-
 static void end_request(velo_call *vc, bool ok) {
   oip_rpc *rpc = vc->rpc;
   bool last;
@@ -526,10 +579,7 @@ static void end_request(velo_call *vc, bool ok) {
   pthread_mutex_lock(&rpc->mu);
   if (rpc->stream) {
     rpc->n_active--;
-    if (rpc->recv_paused && rpc->n_active < STREAM_MAX_ACTIVE) { /* read on */
-      rpc->recv_paused = false;
-      post_recv_locked(rpc);
-    }
+    maybe_read_on_locked(rpc);
     maybe_end_stream_locked(rpc);
   }
   last = --rpc->refs == 0; /* the request's reference */
@@ -705,22 +755,38 @@ velo_status velo_oip_respond(velo_call *vc, const velo_response *resp) {
 /* Starting a request                                                  */
 /* ------------------------------------------------------------------ */
 
-/* Checks the requested outputs: each named once and, when the model
- * declares its outputs, one of them. */
+/* The name of requested output i of request ctx (velo_oip_first_duplicate). */
+static const char *output_name(const void *ctx, size_t i) {
+  return ((const Inference__ModelInferRequest *)ctx)->outputs[i]->name;
+}
+
+/* Checks the requested outputs: at most VELO_OIP_MAX_TENSORS, each named
+ * once and, when the model declares its outputs, one of them. */
 static grpc_status_code check_requested(const velo_call *vc, char *why, size_t why_size) {
   const Inference__ModelInferRequest *m = vc->msg;
   const velo_model_entry *e = vc->entry;
   char qn[VELO_SERVER_QUOTE_SIZE];
+  size_t dup[2] = {0, 0};
+  int dup_found;
 
+  if (m->n_outputs > VELO_OIP_MAX_TENSORS) {
+    snprintf(why, why_size, "too many requested outputs: %zu; a request may name at most %d",
+             m->n_outputs, VELO_OIP_MAX_TENSORS);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  dup_found = velo_oip_first_duplicate(output_name, m, m->n_outputs, &dup[0], &dup[1]);
+  if (dup_found < 0) {
+    snprintf(why, why_size, "out of memory");
+    return GRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
   for (size_t i = 0; i < m->n_outputs; i++) {
     const char *name = m->outputs[i]->name;
     bool declared = e->n_outputs == 0;
-    for (size_t j = 0; j < i; j++)
-      if (strcmp(m->outputs[j]->name, name) == 0) {
-        snprintf(why, why_size, "output '%s' is requested twice (outputs[%zu] and outputs[%zu])",
-                 velo_server_quote(name, strlen(name), qn, sizeof qn), j, i);
-        return GRPC_STATUS_INVALID_ARGUMENT;
-      }
+    if (dup_found && dup[1] == i) {
+      snprintf(why, why_size, "output '%s' is requested twice (outputs[%zu] and outputs[%zu])",
+               velo_server_quote(name, strlen(name), qn, sizeof qn), dup[0], i);
+      return GRPC_STATUS_INVALID_ARGUMENT;
+    }
     for (size_t k = 0; k < e->n_outputs && !declared; k++)
       declared = e->outputs[k].name && strcmp(e->outputs[k].name, name) == 0;
     if (!declared) {
@@ -885,7 +951,7 @@ static void recv_done(velo_srv_tag *tag, bool ok) {
 
   pthread_mutex_lock(&rpc->mu);
   if (!ok || !bb) rpc->half_closed = true;
-  else if (rpc->n_active >= STREAM_MAX_ACTIVE) rpc->recv_paused = true; /* end_request reads on */
+  else if (must_pause_locked(rpc)) rpc->recv_paused = true; /* read on: maybe_read_on_locked */
   else post_recv_locked(rpc);
   maybe_end_stream_locked(rpc);
   last = --rpc->refs == 0; /* this read's reference */

@@ -78,15 +78,61 @@ char *velo_oip_shape_str(const int64_t *dims, size_t n, char *buf, size_t size) 
 }
 
 /* The element count of a shape whose dimensions are all >= 0; false when
- * the product overflows int64. */
+ * the product overflows int64.  Independent of the order of the
+ * dimensions: a shape with a 0 anywhere has 0 elements, whatever its
+ * other dimensions are; otherwise the product must fit. */
 static bool element_count(const int64_t *dims, size_t n, int64_t *count) {
   int64_t c = 1;
+  for (size_t i = 0; i < n; i++)
+    if (dims[i] == 0) {
+      *count = 0;
+      return true;
+    }
   for (size_t i = 0; i < n; i++) {
-    if (dims[i] != 0 && c > INT64_MAX / dims[i]) return false;
+    if (c > INT64_MAX / dims[i]) return false;
     c *= dims[i];
   }
   *count = c;
   return true;
+}
+
+/* One name and where it was, for finding a repeated name by sorting. */
+typedef struct named_index {
+  const char *name;
+  size_t index;
+} named_index;
+
+/* qsort order: by name, then by position. */
+static int named_index_cmp(const void *a, const void *b) {
+  const named_index *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  if (c) return c;
+  return x->index < y->index ? -1 : x->index > y->index;
+}
+
+int velo_oip_first_duplicate(const char *(*name_of)(const void *ctx, size_t i), const void *ctx,
+                             size_t n, size_t *first, size_t *second) {
+  named_index *v;
+  bool found = false;
+  if (n < 2) return 0;
+  if (!(v = malloc(n * sizeof *v))) return -1;
+  for (size_t i = 0; i < n; i++) {
+    v[i].name = name_of(ctx, i);
+    v[i].index = i;
+  }
+  qsort(v, n, sizeof *v, named_index_cmp);
+  /* In each run of one name the first two entries are its first two
+   * places; the pair whose second place comes earliest is the one a
+   * front-to-back scan would meet first. */
+  for (size_t k = 1; k < n; k++)
+    if (strcmp(v[k - 1].name, v[k].name) == 0 && (k < 2 || strcmp(v[k - 2].name, v[k].name) != 0) &&
+        (!found || v[k].index < *second)) {
+      *first = v[k - 1].index;
+      *second = v[k].index;
+      found = true;
+    }
+  free(v);
+  return found ? 1 : 0;
 }
 
 /* The declared input called name, or NULL. */
@@ -312,11 +358,12 @@ static velo_status check_raw_bytes(const uint8_t *p, size_t size, int64_t count,
 /* ------------------------------------------------------------------ */
 
 /* Checks name, datatype and shape of input i and fills t (shape pointing
- * into dims); *count gets its element count. */
+ * into dims); *count gets its element count.  dup (NULL: none) is the
+ * first repeated input name, found beforehand: dup[1] repeats dup[0]. */
 static velo_status check_header(const Inference__ModelInferRequest *msg, size_t i,
                                 const char *model, const velo_io_desc *decl, size_t n_decl,
                                 int64_t *dims, velo_io_tensor *t, int64_t *count,
-                                velo_error *err) {
+                                const size_t dup[2], velo_error *err) {
   const Inference__ModelInferRequest__InferInputTensor *in = msg->inputs[i];
   char qn[QUOTE_CAP], qm[QUOTE_CAP], qd[QUOTE_CAP], shape[160], want[160], list[320];
   velo_datatype dt;
@@ -326,11 +373,10 @@ static velo_status check_header(const Inference__ModelInferRequest *msg, size_t 
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
                           "inputs[%zu]: name must be set (the name of one of the model's inputs)", i);
   quote(in->name, qn);
-  for (size_t j = 0; j < i; j++)
-    if (strcmp(msg->inputs[j]->name, in->name) == 0)
-      return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                            "input '%s' is given twice (inputs[%zu] and inputs[%zu]); each input "
-                            "may appear once", qn, j, i);
+  if (dup && dup[1] == i)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "input '%s' is given twice (inputs[%zu] and inputs[%zu]); each input "
+                          "may appear once", qn, dup[0], i);
   dt = velo_oip_datatype(in->datatype);
   if (dt == VELO_DATATYPE_INVALID)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
@@ -545,11 +591,17 @@ static size_t put_utf8(char *out, unsigned cp) {
 }
 
 /* Parses the JSON string starting at s[*i] (the opening quote) into a new
- * NUL-terminated string *out (malloc'd).  On a syntax error returns false
- * with *why set and *i at the offending byte; *out is NULL then. */
+ * NUL-terminated string *out (malloc'd, no larger than the string's own
+ * text in s).  On a syntax error returns false with *why set and *i at the
+ * offending byte; *out is NULL then. */
 static bool json_string(const char *s, size_t len, size_t *i, char **out, const char **why) {
-  size_t p = *i + 1, n = 0;
-  char *buf = malloc(len - *i + 1); /* the decoded text is never longer */
+  size_t p = *i + 1, n = 0, end = *i + 1;
+  char *buf;
+  /* The decoded text is never longer than the encoded text up to the
+   * closing quote (or the end of the value, when it is missing). */
+  while (end < len && s[end] != '"') end += s[end] == '\\' ? 2 : 1;
+  if (end > len) end = len;
+  buf = malloc(end - *i);
   *out = NULL;
   if (!buf) {
     *why = "out of memory";
@@ -629,10 +681,13 @@ fail:
 
 /* Adds one "stop" parameter per string of the JSON array s[0..len); the
  * strings are kept in r.  INVALID_ARGUMENT naming the byte of a syntax
- * error. */
+ * error, or for more than VELO_OIP_MAX_STOP strings or one longer than
+ * VELO_OIP_MAX_STOP_BYTES (checked as it parses: no more than that is
+ * ever kept). */
 static velo_status add_stop_array(velo_oip_request *r, size_t *cap, const char *key,
                                   const char *s, size_t len, velo_error *err) {
   size_t i = skip_ws(s, 0, len) + 1; /* past '[' */
+  size_t n_stop = 0;
   const char *why = NULL;
 
   i = skip_ws(s, i, len);
@@ -649,7 +704,19 @@ static velo_status add_stop_array(velo_oip_request *r, size_t *cap, const char *
       why = "expected a string";
       goto bad;
     }
+    if (n_stop == VELO_OIP_MAX_STOP)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "parameter stop: at most %d stop strings are allowed, got more",
+                            VELO_OIP_MAX_STOP);
     if (!json_string(s, len, &i, &str, &why)) goto bad;
+    if (strlen(str) > VELO_OIP_MAX_STOP_BYTES) {
+      size_t n = strlen(str);
+      free(str);
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "parameter stop: stop string %zu has %zu bytes; at most %d are "
+                            "allowed", n_stop, n, VELO_OIP_MAX_STOP_BYTES);
+    }
+    n_stop++;
     if (!keep_string(r, str)) {
       free(str);
       return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
@@ -766,6 +833,11 @@ static velo_status convert_params(const Inference__ModelInferRequest *msg, velo_
 /* The whole request                                                   */
 /* ------------------------------------------------------------------ */
 
+/* The name of input i of request ctx (for velo_oip_first_duplicate). */
+static const char *input_name(const void *ctx, size_t i) {
+  return ((const Inference__ModelInferRequest *)ctx)->inputs[i]->name;
+}
+
 velo_status velo_oip_request_convert(const Inference__ModelInferRequest *msg, const char *model,
                                      const velo_io_desc *decl, size_t n_decl,
                                      velo_oip_request *out, velo_error *err) {
@@ -774,6 +846,8 @@ velo_status velo_oip_request_convert(const Inference__ModelInferRequest *msg, co
   char qm[QUOTE_CAP], list[320];
   velo_status st;
   int64_t *counts;
+  size_t dup[2] = {0, 0};
+  int dup_found;
 
   memset(out, 0, sizeof *out);
   if (!model) model = "";
@@ -798,6 +872,12 @@ velo_status velo_oip_request_convert(const Inference__ModelInferRequest *msg, co
                               "use one or the other for all inputs of a request",
                               quote(msg->inputs[i]->name, qn));
       }
+  if (n > VELO_OIP_MAX_TENSORS)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "too many inputs: %zu; a request may have at most %d", n,
+                          VELO_OIP_MAX_TENSORS);
+  dup_found = velo_oip_first_duplicate(input_name, msg, n, &dup[0], &dup[1]);
+  if (dup_found < 0) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t i = 0; i < n; i++) total_dims += msg->inputs[i]->n_shape;
 
   out->n_inputs = n;
@@ -816,7 +896,7 @@ velo_status velo_oip_request_convert(const Inference__ModelInferRequest *msg, co
   total_dims = 0;
   for (size_t i = 0; i < n; i++) {
     st = check_header(msg, i, model, decl, n_decl, out->dims + total_dims, &out->inputs[i],
-                      &counts[i], err);
+                      &counts[i], dup_found ? dup : NULL, err);
     if (st != VELO_OK) goto fail;
     total_dims += msg->inputs[i]->n_shape;
   }

@@ -340,39 +340,53 @@ void velo_srv_finish_unary(velo_server *srv, grpc_call *call, grpc_byte_buffer *
   }
 }
 
+/* "a, b, c" (or "none") into buf: whole names only; a list that does not
+ * fit ends with "... (N more)".  Any thread (takes registry references). */
 void velo_srv_model_names(velo_server *srv, char *buf, size_t size) {
   velo_model_entry **list = NULL;
   size_t n = velo_registry_list(srv->registry, &list);
-  size_t used = 0;
+  size_t used = 0, shown = 0;
+  const size_t tail_room = 32; /* ", ... (N more)" always fits after a name */
 
   if (size == 0) return;
   buf[0] = '\0';
   if (n == 0) snprintf(buf, size, "none");
   for (size_t i = 0; i < n; i++) {
-    if (used < size) {
-      int w = snprintf(buf + used, size - used, "%s%s", i ? ", " : "", list[i]->name);
-      if (w > 0) used += (size_t)w;
+    /* Whole names only: one that does not fit (leaving room for the
+     * marker) ends the list with "... (N more)". */
+    size_t need = strlen(list[i]->name) + (i ? 2 : 0);
+    if (shown == i && used + need + (i + 1 < n ? tail_room : 0) < size) {
+      snprintf(buf + used, size - used, "%s%s", i ? ", " : "", list[i]->name);
+      used += need;
+      shown++;
     }
     velo_model_entry_release(list[i]);
   }
+  if (shown < n)
+    snprintf(buf + used, size - used, "%s... (%zu more)", shown ? ", " : "", n - shown);
   free(list);
 }
 
 grpc_status_code velo_srv_acquire_model(velo_server *srv, const char *name,
                                         velo_model_entry **entry, char *msg, size_t msg_size) {
-  char names[512], quoted[VELO_SERVER_QUOTE_SIZE];
+  char quoted[VELO_SERVER_QUOTE_SIZE];
+  int head;
 
+  /* The list goes straight into what is left of msg, so that a list cut
+   * short ends with its "... (N more)" marker rather than being cut. */
   *entry = NULL;
   if (!name || name[0] == '\0') {
-    velo_srv_model_names(srv, names, sizeof names);
-    snprintf(msg, msg_size, "model must be set; loaded models: %s", names);
+    head = snprintf(msg, msg_size, "model must be set; loaded models: ");
+    if (head > 0 && (size_t)head < msg_size)
+      velo_srv_model_names(srv, msg + head, msg_size - (size_t)head);
     return GRPC_STATUS_INVALID_ARGUMENT;
   }
   *entry = velo_registry_acquire(srv->registry, name);
   if (*entry) return GRPC_STATUS_OK;
-  velo_srv_model_names(srv, names, sizeof names);
-  snprintf(msg, msg_size, "model '%s' is not loaded; loaded models: %s",
-           velo_server_quote(name, strlen(name), quoted, sizeof quoted), names);
+  head = snprintf(msg, msg_size, "model '%s' is not loaded; loaded models: ",
+                  velo_server_quote(name, strlen(name), quoted, sizeof quoted));
+  if (head > 0 && (size_t)head < msg_size)
+    velo_srv_model_names(srv, msg + head, msg_size - (size_t)head);
   return GRPC_STATUS_NOT_FOUND;
 }
 

@@ -152,21 +152,52 @@ static long long parse_int(const char *opt, const char *s, long long lo, long lo
 
 /* Splits "[NAME=]PATH".  A '=' counts as the separator only when what is
  * before it contains no '/', so paths with '=' in a directory name work. */
+#define MODEL_ARG_NAME_MAX 128
+
+/* True if name is a served model name: 1..MODEL_ARG_NAME_MAX letters,
+ * digits, '_', '-' or '.', not starting with '.' (the repository's rule,
+ * with the shorter limit of a --model name). */
+static bool valid_served_name(const char *name, size_t len) {
+  if (len == 0 || len > MODEL_ARG_NAME_MAX || name[0] == '.') return false;
+  for (size_t i = 0; i < len; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-' || c == '.'))
+      return false;
+  }
+  return true;
+}
+
 static model_arg parse_model_arg(const char *arg) {
   model_arg m = {NULL, NULL};
   const char *eq = strchr(arg, '=');
-  if (eq && memchr(arg, '/', (size_t)(eq - arg)) == NULL) {
+  bool named = eq && memchr(arg, '/', (size_t)(eq - arg)) == NULL;
+  if (named) {
     if (eq == arg) bad_usage("--model '%s': the name before '=' is empty", arg);
+    if (!valid_served_name(arg, (size_t)(eq - arg)))
+      bad_usage("--model '%.200s': '%.*s' is not a valid model name: names are 1 to %d letters, digits, "
+                "'_', '-' or '.', not starting with '.'",
+                arg, (int)(eq - arg > 200 ? 200 : eq - arg), arg, MODEL_ARG_NAME_MAX);
     m.name = strndup(arg, (size_t)(eq - arg));
     m.path = strdup(eq + 1);
   } else {
     m.path = strdup(arg);
   }
-  if (!m.path || (eq && !m.name)) {
+  if (!m.path || (named && !m.name)) {
     fputs("velod: out of memory\n", stderr);
     exit(EXIT_START_FAILED);
   }
   if (m.path[0] == '\0') bad_usage("--model '%s': the path is empty", arg);
+  if (!named) { /* the default name (as the registry makes it) must be valid too */
+    const char *base = strrchr(m.path, '/');
+    base = base ? base + 1 : m.path;
+    size_t len = strlen(base);
+    if (len > 5 && strcmp(base + len - 5, ".gguf") == 0) len -= 5;
+    if (!valid_served_name(base, len))
+      bad_usage("--model '%.200s': the file name '%.*s' is not a valid model name (1 to %d letters, "
+                "digits, '_', '-' or '.', not starting with '.'): give one, as --model NAME=PATH",
+                arg, (int)(len > 200 ? 200 : len), base, MODEL_ARG_NAME_MAX);
+  }
   return m;
 }
 
@@ -527,9 +558,15 @@ static void serve_until_signal(velo_server *srv, const sigset_t *signals) {
     int got = sigtimedwait(signals, NULL, &no_wait);
     clock_gettime(CLOCK_MONOTONIC, &now);
     elapsed = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9;
-    if (!cancelled && (got > 0 || elapsed >= SHUTDOWN_GRACE_S)) {
-      velo_log(VELO_LOG_INFO, LOG_SOURCE, "cancelling %zu call(s) still in flight",
-               velo_server_calls_in_flight(srv));
+    size_t in_flight = velo_server_calls_in_flight(srv);
+    if (!cancelled && in_flight == 0) {
+      /* None of our calls is left: gRPC is only waiting for idle client
+       * connections to close, which the grace period is not for. */
+      velo_log(VELO_LOG_DEBUG, LOG_SOURCE, "no call in flight: closing idle connections now");
+      velo_server_cancel_all(srv);
+      cancelled = true;
+    } else if (!cancelled && (got > 0 || elapsed >= SHUTDOWN_GRACE_S)) {
+      velo_log(VELO_LOG_INFO, LOG_SOURCE, "cancelling %zu call(s) still in flight", in_flight);
       velo_server_cancel_all(srv);
       cancelled = true;
     }

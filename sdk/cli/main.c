@@ -326,8 +326,20 @@ static int parse_args(int argc, char **argv, options *o) {
   int n_pos = 0;
   optind = 0; /* 0: glibc starts a fresh scan; sub_argv[0] is the command */
   while (true) {
+    int before = optind ? optind : 1; /* the element getopt looks at next */
     c = getopt_long(sub_argc, sub_argv, "-:h", long_options, &idx);
     if (c == -1) break;
+    if (c == '?') {
+      /* An unknown letter inside a cluster ("-dash") leaves optind on that
+       * element; otherwise it has moved past the element. */
+      const char *bad = optopt && optind == before && optind < sub_argc ? sub_argv[optind]
+                                                                        : sub_argv[optind - 1];
+      fprintf(stderr,
+              "velo: unknown option '%s' for 'velo %s'; use -- before a name that starts with "
+              "'-'\nTry 'velo --help'.\n",
+              bad, cmd_name);
+      return 2;
+    }
     if (c == 'h' || c == OPT_HELP) {
       usage(stdout);
       return 0;

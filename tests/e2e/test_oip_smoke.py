@@ -10,14 +10,23 @@ file checks what is velod's own on top of it: text generation equal to
 Generate with a JSON array of stop strings, requested outputs, the "stream"
 parameter, error messages with request ids on a stream that goes on,
 versions, statistics, and the repository methods without a repository.
+Then regressions of resource bounds, against a velod of its own serving the
+identity model: a ModelStreamInfer client that does not read its responses
+holds velod's memory bounded, a huge "stop" array is refused early, many
+inputs are checked in O(n log n) and capped, Watch on a huge service name
+is not stored, and error messages on a stream carry triton_final_response.
 """
 import struct
+import threading
+import time
 
 import grpc
 import pytest
 
 import harness
+from harness import health_pb2, health_pb2_grpc
 from inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
+from oip_ref import client as oip
 
 T = harness.CALL_TIMEOUT_S
 MODEL = harness.F32
@@ -182,3 +191,150 @@ def test_repository_methods_without_a_repository(infer):
         pb.RepositoryIndexRequest(repository_name="elsewhere"), timeout=T))
     assert code == grpc.StatusCode.NOT_FOUND
     assert infer.ServerReady(pb.ServerReadyRequest(), timeout=T).ready
+
+
+# ---------------------------------------------------------------------------
+# Resource bounds (a velod of their own, with the identity model)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ident_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oip_bounds")
+    repo = root / "models"
+    oip.write_model(repo, oip.IDENTITY, {"task": "identity"})
+    yield from oip.serve(root, "--model-control", "explicit", "--load-model", oip.IDENTITY,
+                         repo=repo)
+
+
+@pytest.fixture(scope="module")
+def ident_channel(ident_server):
+    with ident_server.channel() as ch:
+        yield ch
+
+
+def vm_rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def identity_request(rid, size):
+    req = pb.ModelInferRequest(model_name=oip.IDENTITY, id=rid)
+    req.inputs.add(name="a", datatype="UINT8", shape=[size])
+    req.raw_input_contents.append(b"\1" * size)
+    return req
+
+
+def test_unread_stream_responses_keep_memory_bounded(ident_server, ident_channel):
+    """300 x 1 MiB identity requests whose responses are never read: velod
+    stops reading the stream once its unsent responses pass its bound, so
+    its memory stays far below the 300 MiB the responses would take."""
+    infer = pb_grpc.GRPCInferenceServiceStub(ident_channel)
+    size, n = 1 << 20, 300
+    sent = [0]
+    done = threading.Event()
+
+    def requests():
+        for i in range(n):
+            sent[0] += 1
+            yield identity_request(str(i), size)
+        done.wait(60)
+
+    before = vm_rss_kb(ident_server.proc.pid)
+    it = infer.ModelStreamInfer(requests(), timeout=120)
+    peak, last_sent, stalled_since = before, -1, time.monotonic()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the client is held back
+        time.sleep(0.5)
+        peak = max(peak, vm_rss_kb(ident_server.proc.pid))
+        if sent[0] != last_sent:
+            last_sent, stalled_since = sent[0], time.monotonic()
+        elif time.monotonic() - stalled_since > 3:
+            break
+    assert sent[0] < n, "velod read every request without their responses being read"
+    assert peak - before < 200 * 1024, "VmRSS grew by %d kB" % (peak - before)
+    # Reading the responses lets the rest through; every one comes back.
+    got = 0
+    for m in it:
+        assert not m.error_message, m.error_message
+        assert m.infer_response.parameters["triton_final_response"].bool_param
+        got += 1
+        if got == n:
+            break
+    done.set()
+    it.cancel()
+    assert got == n
+    assert infer.ServerLive(pb.ServerLiveRequest(), timeout=T).live
+
+
+def test_stream_error_messages_are_final(ident_channel):
+    infer = pb_grpc.GRPCInferenceServiceStub(ident_channel)
+    msgs = list(infer.ModelStreamInfer(
+        iter([pb.ModelInferRequest(model_name="no-such-model", id="nf")]), timeout=T))
+    assert len(msgs) == 1 and msgs[0].error_message.startswith("NOT_FOUND: ")
+    assert msgs[0].infer_response.id == "nf"
+    assert msgs[0].infer_response.parameters["triton_final_response"].bool_param
+
+
+def test_huge_stop_array_is_refused_early(ident_channel):
+    infer = pb_grpc.GRPCInferenceServiceStub(ident_channel)
+    req = identity_request("s", 1)
+    req.parameters["stop"].string_param = "[" + ",".join('"s%d"' % i for i in range(50000)) + "]"
+    t0 = time.monotonic()
+    code, details = rpc_error(lambda: infer.ModelInfer(req, timeout=T))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 16 stop strings are allowed, got more" in details, details
+    assert time.monotonic() - t0 < 5
+    req.parameters["stop"].string_param = '["%s"]' % ("a" * 257)
+    code, details = rpc_error(lambda: infer.ModelInfer(req, timeout=T))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "257 bytes" in details, details
+
+
+def test_many_inputs_and_outputs(ident_channel):
+    infer = pb_grpc.GRPCInferenceServiceStub(ident_channel)
+    req = pb.ModelInferRequest(model_name=oip.IDENTITY)
+    for i in range(4096):
+        req.inputs.add(name="i%d" % i, datatype="UINT8", shape=[0])
+    req.inputs.add(name="i7", datatype="UINT8", shape=[0])
+    t0 = time.monotonic()
+    code, details = rpc_error(lambda: infer.ModelInfer(req, timeout=T))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "too many inputs: 4097" in details
+    del req.inputs[-1]
+    req.inputs[4095].name = "i7"
+    code, details = rpc_error(lambda: infer.ModelInfer(req, timeout=T))
+    assert "input 'i7' is given twice (inputs[7] and inputs[4095])" in details, details
+    assert time.monotonic() - t0 < 5
+    req = identity_request("o", 1)
+    for i in range(4097):
+        req.outputs.add(name="o%d" % i)
+    code, details = rpc_error(lambda: infer.ModelInfer(req, timeout=T))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "too many requested outputs" in details
+
+
+def test_zero_dimension_anywhere(ident_channel):
+    infer = pb_grpc.GRPCInferenceServiceStub(ident_channel)
+    for shape in ([1 << 62, 1 << 62, 0], [0, 1 << 62, 1 << 62]):
+        req = pb.ModelInferRequest(model_name=oip.IDENTITY)
+        req.inputs.add(name="a", datatype="UINT8", shape=shape)
+        req.raw_input_contents.append(b"")
+        resp = infer.ModelInfer(req, timeout=T)
+        assert list(resp.outputs[0].shape) == shape
+
+
+def test_watch_on_a_huge_service_name(ident_server, ident_channel):
+    """Watch on a 1 MiB name: SERVICE_UNKNOWN, and the name is not kept."""
+    health = health_pb2_grpc.HealthStub(ident_channel)
+    before = vm_rss_kb(ident_server.proc.pid)
+    calls = []
+    for i in range(40):
+        it = health.Watch(health_pb2.HealthCheckRequest(service="x" * (1 << 20) + str(i)),
+                          timeout=T)
+        assert next(it).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        calls.append(it)
+    grown = vm_rss_kb(ident_server.proc.pid) - before
+    for it in calls:
+        it.cancel()
+    assert grown < 30 * 1024, "VmRSS grew by %d kB for 40 watchers" % grown

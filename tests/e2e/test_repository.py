@@ -20,9 +20,11 @@ protocol (oip_ref/).
     gets NOT_FOUND, and the model can be loaded again; the same for a
     ModelInfer and a ModelStreamInfer request in flight (the stream goes on).
 """
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -567,3 +569,166 @@ def test_unload_during_oip_requests(server, infer, prompts):
     assert server.alive()
     load(infer, TEXTGEN)
     assert ready(infer, TEXTGEN)
+
+
+# ---------------------------------------------------------------------------
+# Regressions from a hostile test round (reload, config.json, --model, CLI,
+# shutdown, NOT_FOUND lists).
+# ---------------------------------------------------------------------------
+
+def identity_answers(infer, name):
+    req = pb.ModelInferRequest(model_name=name)
+    oip.add_input(req, "x", "INT64", [1], np.array([7]), raw=True)
+    return oip.outputs(infer.ModelInfer(req, timeout=T))["x"].value.tolist() == [7]
+
+
+@pytest.mark.parametrize("config, code, needle", [
+    ('{"task": "nope"}', grpc.StatusCode.NOT_FOUND, "nope"),
+    ('{"task": "identity", "parameters": {"inputs": "a:FP99:1"}}', None, "FP99"),
+])
+def test_reload_failing_in_the_plugin_keeps_the_old_model(server, infer, config, code, needle):
+    """A config that parses but fails later (no such task plugin, a
+    parameter the task refuses) leaves the old model serving: the new one is
+    loaded next to it and swapped in only once ready."""
+    repo = server.args[server.args.index("--model-repository") + 1]
+    name = "reload-swap"
+    d = oip.write_model(repo, name, {"task": "identity"})
+    load(infer, name)
+    (d / "config.json").write_text(config)
+    e = oip.error_of(load, infer, name)
+    assert code is None or e.code() == code, e
+    assert needle in e.details(), e.details()
+    assert ready(infer, name) and identity_answers(infer, name)
+    assert index(infer)[name].state == "READY"
+    (d / "config.json").write_text('{"task": "identity"}')
+    load(infer, name)
+    unload(infer, name)
+
+
+def test_reload_has_no_gap(server, infer):
+    """While a working reload runs, requests keep finding the model."""
+    repo = server.args[server.args.index("--model-repository") + 1]
+    name = "reload-nogap"
+    oip.write_model(repo, name, {"task": "identity"})
+    load(infer, name)
+    stop = threading.Event()
+    failures = []
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                identity_answers(infer, name)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    failures.append(e.details())
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        for _ in range(20):
+            load(infer, name)
+    finally:
+        stop.set()
+        t.join()
+    assert not failures, failures[:3]
+    unload(infer, name)
+
+
+def test_config_with_a_duplicate_key(server, infer):
+    repo = server.args[server.args.index("--model-repository") + 1]
+    oip.write_model(repo, "dup-key", '{"task": "identity", "task": "text-generation"}')
+    e = oip.error_of(load, infer, "dup-key")
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert "'task' appears twice" in e.details(), e.details()
+    oip.write_model(repo, "dup-key2", '{"task": "identity", "parameters": {"a": 1, "\\u0061": 2}}')
+    e = oip.error_of(load, infer, "dup-key2")
+    assert "'a' appears twice" in e.details(), e.details()
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "devzero"])
+def test_config_that_is_not_a_regular_file(server, infer, kind):
+    repo = server.args[server.args.index("--model-repository") + 1]
+    name = "cfg-" + kind
+    d = Path(repo) / name
+    d.mkdir()
+    cfg = d / "config.json"
+    if kind == "directory":
+        cfg.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(cfg)
+    else:
+        cfg.symlink_to("/dev/zero")
+    t0 = time.monotonic()
+    e = oip.error_of(load, infer, name)
+    assert time.monotonic() - t0 < T
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert "config.json is not a regular file" in e.details(), e.details()
+
+
+def test_config_integer_beyond_64_bits(server, infer):
+    repo = server.args[server.args.index("--model-repository") + 1]
+    oip.write_model(repo, "huge-threads", '{"task": "identity", "threads": 99999999999999999999999}')
+    e = oip.error_of(load, infer, "huge-threads")
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert "out of range" in e.details() and "18446744073709551615" not in e.details(), e.details()
+
+
+def test_model_file_linked_from_elsewhere_is_followed(server, infer, tmp_path):
+    """A shared model file symlinked into the repository is served (links are
+    made by whoever runs the server; "file" itself cannot leave the model's
+    directory)."""
+    repo = server.args[server.args.index("--model-repository") + 1]
+    d = oip.write_model(repo, "link-out", {"task": "text-generation", "file": "model.gguf"})
+    (d / "model.gguf").symlink_to(harness.MODEL_F32)
+    load(infer, "link-out")
+    assert infer.ModelReady(pb.ModelReadyRequest(name="link-out"),
+                            timeout=harness.CALL_TIMEOUT_S).ready
+
+
+def test_not_found_lists_loaded_models_with_a_marker_when_cut(server, infer):
+    repo = server.args[server.args.index("--model-repository") + 1]
+    names = ["long-%02d-" % i + "x" * 110 for i in range(12)]
+    for n in names:
+        oip.write_model(repo, n, {"task": "identity"})
+        load(infer, n)
+    try:
+        req = pb.ModelInferRequest(model_name="no-such-model")
+        oip.add_input(req, "x", "INT64", [1], np.array([7]), raw=True)
+        e = oip.error_of(infer.ModelInfer, req, timeout=T)
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+        assert e.details().rstrip().endswith("more)"), e.details()
+    finally:
+        for n in names:
+            unload(infer, n)
+
+
+@pytest.mark.parametrize("arg, status, needle", [
+    ("a b=/nowhere.gguf", 2, "not a valid model name"),
+    ("x" * 129 + "=/nowhere.gguf", 2, "not a valid model name"),
+    ("/nowhere/my model.gguf", 2, "NAME=PATH"),
+    ("/nowhere/dir=1/m.gguf", 1, "m.gguf"),
+])
+def test_velod_model_argument(arg, status, needle):
+    code, out = harness.run_velod_once(["--model", arg])
+    assert code == status, out
+    assert needle in out and "out of memory" not in out, out
+
+
+def test_cli_unknown_option_after_the_command():
+    r = harness.run_velo(["load", "-dash"])
+    assert r.returncode == 2, r
+    err = r.stderr.decode()
+    assert "'-dash'" in err and "velo load" in err and "--" in err, err
+
+
+def test_sigterm_with_an_idle_channel_is_quick(tmp_path):
+    v = oip.start_velod(oip.make_repository(tmp_path / "models"), tmp_path / "velod.log")
+    ch = v.channel()
+    try:
+        oip.stub(ch).ServerLive(pb.ServerLiveRequest(), timeout=T)  # connected, then idle
+        t0 = time.monotonic()
+        code, killed = v.stop()
+        took = time.monotonic() - t0
+    finally:
+        ch.close()
+    assert code == 0 and not killed
+    assert took < 1.5, "SIGTERM with an idle channel took %.2f s" % took

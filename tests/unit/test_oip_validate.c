@@ -611,6 +611,59 @@ static void test_params(void) {
   rb_string(&b, "stop", "[\"a\tb\"]");
   expect_refused("stop raw control character", &b, NULL, 0, "control character", NULL);
 
+  /* Stop limits (VELO_OIP_MAX_STOP strings of VELO_OIP_MAX_STOP_BYTES). */
+  {
+    static char big[64 * 1024];
+    size_t used = 0;
+    used += (size_t)sprintf(big + used, "[");
+    for (int i = 0; i < VELO_OIP_MAX_STOP; i++)
+      used += (size_t)sprintf(big + used, "%s\"s%d\"", i ? "," : "", i);
+    sprintf(big + used, "]");
+    BASE();
+    rb_string(&b, "stop", big);
+    if (expect_ok("16 stop strings", &b, NULL, 0, &r)) {
+      CHECK(r.n_params == VELO_OIP_MAX_STOP, "16 stop strings, got %zu", r.n_params);
+      velo_oip_request_free(&r);
+    }
+    sprintf(big + used, ",\"one more\"]");
+    BASE();
+    rb_string(&b, "stop", big);
+    expect_refused("17 stop strings", &b, NULL, 0, "at most 16 stop strings are allowed",
+                   "got more", NULL);
+    /* 50000 strings: refused at the 17th, nothing quadratic kept. */
+    used = 0;
+    used += (size_t)sprintf(big + used, "[");
+    for (int i = 0; i < 5000; i++) used += (size_t)sprintf(big + used, "%s\"s\"", i ? "," : "");
+    sprintf(big + used, "]");
+    BASE();
+    rb_string(&b, "stop", big);
+    expect_refused("5000 stop strings", &b, NULL, 0, "at most 16", NULL);
+    memset(big, 'a', sizeof big);
+    big[0] = '[';
+    big[1] = '"';
+    big[2 + VELO_OIP_MAX_STOP_BYTES] = '"';
+    big[3 + VELO_OIP_MAX_STOP_BYTES] = ']';
+    big[4 + VELO_OIP_MAX_STOP_BYTES] = '\0';
+    BASE();
+    rb_string(&b, "stop", big);
+    if (expect_ok("256-byte stop string", &b, NULL, 0, &r)) {
+      CHECK(r.n_params == 1 && r.params[0].value.s.len == VELO_OIP_MAX_STOP_BYTES,
+            "one 256-byte stop string");
+      velo_oip_request_free(&r);
+    }
+    big[2 + VELO_OIP_MAX_STOP_BYTES] = 'a';
+    big[3 + VELO_OIP_MAX_STOP_BYTES] = '"';
+    big[4 + VELO_OIP_MAX_STOP_BYTES] = ']';
+    big[5 + VELO_OIP_MAX_STOP_BYTES] = '\0';
+    BASE();
+    rb_string(&b, "stop", big);
+    expect_refused("257-byte stop string", &b, NULL, 0, "stop string 0 has 257 bytes",
+                   "at most 256", NULL);
+    BASE();
+    rb_string(&b, "stop", "[\"\\u00e9\\n\", \"abc");
+    expect_refused("stop string not closed", &b, NULL, 0, "not closed", NULL);
+  }
+
   BASE();
   p = rb_param(&b, "stream");
   p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
@@ -634,7 +687,88 @@ static void test_params(void) {
 #undef BASE
 }
 
+/* Names for test_duplicates: "n<i>", except where a repeat is planted. */
+static const char *dup_name(const void *ctx, size_t i) {
+  static char names[20000][16];
+  const size_t *plant = ctx; /* {a, b, c, d}: name b = name a, name d = name c */
+  if (i == plant[1]) i = plant[0];
+  if (i == plant[3]) i = plant[2];
+  snprintf(names[i], sizeof names[i], "n%zu", i);
+  return names[i];
+}
+
+/* velo_oip_first_duplicate at scale, the per-request caps, and shapes
+ * with a 0 anywhere (element count independent of the dims' order). */
+static void test_limits(void) {
+  size_t plant[4] = {500, 19000, 7, 12000}, first = 0, second = 0;
+  req_builder b;
+  velo_oip_request r;
+  uint8_t buf[4] = {0};
+  int found;
+
+  found = velo_oip_first_duplicate(dup_name, plant, 20000, &first, &second);
+  CHECK(found == 1 && first == 7 && second == 12000, "first repeat: %d %zu %zu", found, first,
+        second);
+  plant[1] = 20001;
+  plant[3] = 20001;
+  found = velo_oip_first_duplicate(dup_name, plant, 20000, &first, &second);
+  CHECK(found == 0, "no repeat among 20000 names");
+
+  /* The same repeat reported as before: the earliest second place. */
+  rb_init(&b);
+  rb_input(&b, "y", "UINT8", 1, (int64_t)0);
+  rb_input(&b, "x", "UINT8", 1, (int64_t)0);
+  rb_input(&b, "x", "UINT8", 1, (int64_t)0);
+  rb_input(&b, "y", "UINT8", 1, (int64_t)0);
+  expect_refused("first repeat", &b, NULL, 0, "input 'x' is given twice (inputs[1] and inputs[2])",
+                 NULL);
+
+  /* A 0 dimension anywhere: 0 elements, whatever the others. */
+  rb_init(&b);
+  rb_input(&b, "x", "UINT8", 3, (int64_t)1 << 62, (int64_t)1 << 62, (int64_t)0);
+  rb_raw(&b, 0, buf, 0);
+  if (expect_ok("[2^62, 2^62, 0]", &b, NULL, 0, &r)) velo_oip_request_free(&r);
+  rb_init(&b);
+  rb_input(&b, "x", "UINT8", 3, (int64_t)0, (int64_t)1 << 62, (int64_t)1 << 62);
+  rb_raw(&b, 0, buf, 0);
+  if (expect_ok("[0, 2^62, 2^62]", &b, NULL, 0, &r)) velo_oip_request_free(&r);
+  rb_init(&b);
+  rb_input(&b, "x", "UINT8", 3, (int64_t)1 << 62, (int64_t)4, (int64_t)1);
+  rb_raw(&b, 0, buf, 0);
+  expect_refused("[2^62, 4, 1]", &b, NULL, 0, "too many elements", NULL);
+
+  /* More than VELO_OIP_MAX_TENSORS inputs. */
+  {
+    size_t n = VELO_OIP_MAX_TENSORS + 1;
+    Inference__ModelInferRequest req = INFERENCE__MODEL_INFER_REQUEST__INIT;
+    Inference__ModelInferRequest__InferInputTensor *in = calloc(n, sizeof *in), **inp =
+        calloc(n, sizeof *inp);
+    velo_error err;
+    velo_status st;
+    CHECK(in && inp, "out of memory");
+    if (in && inp) {
+      for (size_t i = 0; i < n; i++) {
+        inference__model_infer_request__infer_input_tensor__init(&in[i]);
+        in[i].name = (char *)"x";
+        in[i].datatype = (char *)"UINT8";
+        inp[i] = &in[i];
+      }
+      req.n_inputs = n;
+      req.inputs = inp;
+      velo_error_init(&err);
+      st = velo_oip_request_convert(&req, "m", NULL, 0, &r, &err);
+      CHECK(st == VELO_INVALID_ARGUMENT && strstr(err.message, "too many inputs: 4097") &&
+                strstr(err.message, "at most 4096"),
+            "4097 inputs: %s", err.message);
+      velo_oip_request_free(&r);
+    }
+    free(in);
+    free(inp);
+  }
+}
+
 int main(void) {
+  test_limits();
   test_structure();
   test_raw();
   test_typed();

@@ -96,12 +96,19 @@ static void model(const char *name, const char *config) {
   write_file(path, config, strlen(config));
 }
 
-/* ROOT/name/model.gguf as a link to the shared model. */
+/* ROOT/name/model.gguf as a copy of the shared model (a link out of the
+ * model's directory is refused by the repository). */
 static void link_model(const char *name) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s/model.gguf", root, name);
   unlink(path);
-  CHECK(symlink(model_file, path) == 0, "symlink %s", path);
+  FILE *in = fopen(model_file, "rb"), *out = fopen(path, "wb");
+  CHECK(in && out, "copy %s to %s", model_file, path);
+  char buf[65536];
+  size_t n;
+  while (in && out && (n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+  if (in) fclose(in);
+  if (out) fclose(out);
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -207,6 +214,15 @@ static const bad_case bad_cases[] = {
     {"context-huge", "{\"task\": \"identity\", \"context_length\": 99999999999999999999}",
      "key 'context_length' must be an integer"},
     {"task-empty", "{\"task\": \"\"}", "key 'task' must not be empty"},
+    {"threads-beyond-64-bits", "{\"task\": \"identity\", \"threads\": 99999999999999999999999}",
+     "key 'threads' must be an integer from 0 to 1024, got a number out of range"},
+    {"params-beyond-64-bits", "{\"task\": \"identity\", \"parameters\": {\"n\": -99999999999999999999}}",
+     "parameters.n is out of range"},
+    {"dup-key", "{\"task\": \"identity\", \"task\": \"text-generation\"}",
+     "config.json: key 'task' appears twice in one object"},
+    {"dup-key-escaped", "{\"task\": \"identity\", \"\\u0074ask\": \"identity\"}", "key 'task' appears twice"},
+    {"dup-key-params", "{\"task\": \"identity\", \"parameters\": {\"a\": 1, \"b\": {}, \"a\": 2}}",
+     "key 'a' appears twice"},
     {"task-number", "{\"task\": 5}", "key 'task' must be a string, got an integer 5"},
     {"task-nul", "{\"task\": \"iden\\u0000tity\"}", "key 'task' contains a NUL character"},
     {"file-absolute", "{\"task\": \"text-generation\", \"file\": \"/etc/passwd\"}",
@@ -240,6 +256,10 @@ static const bad_case bad_cases[] = {
      "unknown parameter 'inptus'"},
     {"plugin-rejects-inputs", "{\"task\": \"identity\", \"parameters\": {\"inputs\": \"A:FP99:1\"}}",
      "unknown datatype 'FP99'"},
+    /* A symbolic link is followed wherever it leads: here to a file that is
+     * not GGUF, which the reader refuses. */
+    {"file-link-out", "{\"task\": \"text-generation\", \"file\": \"model.gguf\"}",
+     "not a GGUF file"},
 };
 
 static void make_repository(void) {
@@ -252,6 +272,8 @@ static void make_repository(void) {
   char sub[1024];
   snprintf(sub, sizeof sub, "%s/file-dotdot-inside/a", root);
   mkdir(sub, 0755);
+  snprintf(sub, sizeof sub, "%s/file-link-out/model.gguf", root);
+  CHECK(symlink("/etc/hostname", sub) == 0, "symlink %s", sub);
   model("json-nul", "{}");
   write_file("json-nul/config.json", "{\"task\": \"identity\"}\0", 21);
   /* Not models: hidden, a bad name, no config.json. */
@@ -419,6 +441,20 @@ static void test_control_explicit(void) {
         "broken reload: %s", err.message);
   expect_state(repo, "id", "READY", NULL);
   CHECK(identity_request(reg, "id", msg, sizeof msg) == VELO_OK, "id after broken reload: %s", msg);
+  model("id", "{\"task\": \"identity\"}");
+  /* Also when the config parses but the load itself fails (no such task
+   * plugin; a parameter the task refuses): the old model keeps serving. */
+  static const char *const late_failures[] = {
+      "{\"task\": \"no-such-task\"}",
+      "{\"task\": \"identity\", \"parameters\": {\"inputs\": \"a:FP99:1\"}}"};
+  for (size_t i = 0; i < 2; i++) {
+    model("id", late_failures[i]);
+    velo_error_init(&err);
+    CHECK(velo_repository_load(repo, "id", &err) != VELO_OK, "failing reload %zu loaded", i);
+    expect_state(repo, "id", "READY", NULL);
+    CHECK(identity_request(reg, "id", msg, sizeof msg) == VELO_OK, "id after failing reload %zu: %s", i,
+          msg);
+  }
   model("id", "{\"task\": \"identity\"}");
 
   /* A model added after start can be loaded; one removed disappears. */
