@@ -10,6 +10,7 @@
 #ifndef VELO_TESTS_CHECK_H
 #define VELO_TESTS_CHECK_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 static long check_count, check_failed;
@@ -24,6 +25,17 @@ static long check_count, check_failed;
       fputc('\n', stderr);                                              \
     }                                                                   \
   } while (0)
+
+/* A deterministic pseudo-random stream for test data: xorshift64*
+ * (Vigna 2016).  A test sets check_rng_state to its own seed first. */
+static uint64_t check_rng_state = 0x9e3779b97f4a7c15ull;
+
+static inline uint64_t check_rnd(void) {
+  check_rng_state ^= check_rng_state >> 12;
+  check_rng_state ^= check_rng_state << 25;
+  check_rng_state ^= check_rng_state >> 27;
+  return check_rng_state * 0x2545f4914f6cdd1dull;
+}
 
 /* Prints "<name>: N passed, M failed" and returns the exit status. */
 static inline int check_summary(const char *name) {

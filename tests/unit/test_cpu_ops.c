@@ -26,19 +26,10 @@
 
 #include "check.h"
 
-static uint64_t g_rng = 0x0123456789abcdefull;
-
-/* xorshift64*: deterministic pseudo-random 64-bit values. */
-static uint64_t rnd(void) {
-  g_rng ^= g_rng >> 12;
-  g_rng ^= g_rng << 25;
-  g_rng ^= g_rng >> 27;
-  return g_rng * 0x2545f4914f6cdd1dull;
-}
 
 /* Uniform in [-1, 1], never closer to zero than 1e-3. */
 static float rndf(void) {
-  float x = (float)((double)(rnd() >> 11) * 0x1p-53 * 2.0 - 1.0);
+  float x = (float)((double)(check_rnd() >> 11) * 0x1p-53 * 2.0 - 1.0);
   if (fabsf(x) < 1e-3f) x = x < 0 ? -1e-3f : 1e-3f;
   return x;
 }
@@ -150,7 +141,7 @@ static void fill_weights(velo_tensor *t, float *w) {
           blk->d = velo_fp32_to_fp16(0.01f * (1.0f + fabsf(rndf())));
           float d = velo_fp16_to_fp32(blk->d);
           for (int j = 0; j < 32; j++) {
-            int q = (int)(rnd() % 255) - 127;
+            int q = (int)(check_rnd() % 255) - 127;
             if (q == 0) q = 1;
             blk->qs[j] = (int8_t)q;
             wr[b * 32 + j] = d * (float)q; /* exact: 11-bit d times 8-bit q */
@@ -163,7 +154,7 @@ static void fill_weights(velo_tensor *t, float *w) {
           blk->d = velo_fp32_to_fp16(0.1f * (1.0f + fabsf(rndf())));
           float d = velo_fp16_to_fp32(blk->d);
           for (int j = 0; j < 16; j++) {
-            uint8_t lo = (uint8_t)(rnd() % 16), hi = (uint8_t)(rnd() % 16);
+            uint8_t lo = (uint8_t)(check_rnd() % 16), hi = (uint8_t)(check_rnd() % 16);
             blk->qs[j] = (uint8_t)(lo | (hi << 4));
             wr[b * 32 + j] = d * (float)(lo - 8);
             wr[b * 32 + j + 16] = d * (float)(hi - 8);
@@ -806,6 +797,7 @@ static void test_invalid(void) {
 }
 
 int main(void) {
+  check_rng_state = 0x0123456789abcdefull;
   B = velo_cpu_backend_iface();
   static const int threads[N_INST] = {1, 2, 3, 2};
   for (int k = 0; k < N_INST; k++) {

@@ -20,19 +20,10 @@
 
 #include "check.h"
 
-static uint64_t g_rng = 0x243f6a8885a308d3ull;
-
-/* xorshift64*: deterministic pseudo-random 64-bit values. */
-static uint64_t rnd(void) {
-  g_rng ^= g_rng >> 12;
-  g_rng ^= g_rng << 25;
-  g_rng ^= g_rng >> 27;
-  return g_rng * 0x2545f4914f6cdd1dull;
-}
 
 /* Uniform in [-1, 1], never closer to zero than 1e-3. */
 static float rndf(void) {
-  float x = (float)((double)(rnd() >> 11) * 0x1p-53 * 2.0 - 1.0);
+  float x = (float)((double)(check_rnd() >> 11) * 0x1p-53 * 2.0 - 1.0);
   if (fabsf(x) < 1e-3f) x = x < 0 ? -1e-3f : 1e-3f;
   return x;
 }
@@ -203,12 +194,12 @@ static void test_block_dots(void) {
       dw4[b] = velo_fp16_to_fp32(w4[b].d);
       for (int j = 0; j < 32; j++) {
         /* include -128, which files may hold, to exercise the sign trick */
-        int q = (int)(rnd() % 256) - 128;
+        int q = (int)(check_rnd() % 256) - 128;
         w8[b].qs[j] = (int8_t)q;
         qw8[b * 32 + j] = q;
       }
       for (int j = 0; j < 16; j++) {
-        uint8_t byte = (uint8_t)rnd();
+        uint8_t byte = (uint8_t)check_rnd();
         w4[b].qs[j] = byte;
         qw4[b * 32 + j] = (byte & 15) - 8;
         qw4[b * 32 + j + 16] = (byte >> 4) - 8;
@@ -294,6 +285,7 @@ static void test_float_dots(void) {
 }
 
 int main(void) {
+  check_rng_state = 0x243f6a8885a308d3ull;
   const velo_cpu_vec *best = velo_cpu_vec_best();
   printf("cpu: best kernel variant here: %s\n", best->name);
   test_dequantize();
