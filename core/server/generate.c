@@ -38,7 +38,7 @@
 #define LOG_SOURCE "generate"
 
 /* The most parameters one request can carry besides its stop strings. */
-#define SCALAR_PARAMS 9
+#define SCALAR_PARAMS 10
 
 struct velo_call {
   velo_srv_tag close_tag; /* RECV_CLOSE_ON_SERVER */
@@ -366,6 +366,8 @@ static velo_status build_request(velo_call *gc, velo_error *err) {
     add_param(gc, "seed", VELO_PARAM_INT64)->value.i = (int64_t)m->seed; /* same 64 bits */
   if (HAS(ignore_eos, IGNORE_EOS_IGNORE_EOS))
     add_param(gc, "ignore_eos", VELO_PARAM_BOOL)->value.b = m->ignore_eos != 0;
+  if (HAS(priority, PRIORITY_PRIORITY))
+    add_param(gc, "priority", VELO_PARAM_INT64)->value.i = m->priority;
   for (size_t i = 0; i < m->n_stop; i++) {
     velo_param *p = add_param(gc, "stop", VELO_PARAM_STRING);
     p->value.s.ptr = m->stop[i];

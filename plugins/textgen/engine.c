@@ -4,8 +4,13 @@
  *
  * Each model has one engine thread.  submit() validates and tokenizes on
  * the caller's thread and queues a sequence; the engine admits up to
- * TEXTGEN_MAX_ACTIVE sequences (each with its own KV cache) and advances
+ * max_active sequences (each with its own KV cache) and advances
  * each by one step per round: a prefill chunk, or one decode step.
+ * Admission: the wait queue is bounded (max_queue_size beyond the free
+ * running slots; a submit() past it is RESOURCE_EXHAUSTED, never queued),
+ * ordered by request priority (higher first, equal FIFO), and every round
+ * the engine ends queued requests whose call was cancelled or expired, so
+ * a deadline is honoured while a request waits.
  * Before every step it checks the call for cancellation (client cancel,
  * deadline, shutdown), so a cancelled stream stops within one step and its
  * KV cache is freed at once.
@@ -42,6 +47,7 @@ typedef struct seq {
   bool clamped;            /* max_tokens was reduced to fit the context */
   int64_t n_gen;           /* tokens generated so far */
   bool ignore_eos;
+  int64_t priority;        /* admission order: higher first */
   velo_sampler *sampler;
   velo_utf8_stream utf8;
   velo_stop_matcher *stop;
@@ -68,8 +74,10 @@ typedef struct velo_model {
 
   pthread_mutex_t lock;
   pthread_cond_t wake;
-  seq *queue_head, *queue_tail; /* waiting for admission (under lock) */
+  seq *queue_head, *queue_tail; /* waiting for admission (under lock), by priority */
   size_t n_queued;
+  size_t n_running; /* taken from the queue, not yet ended (under lock) */
+  size_t max_queue, max_active; /* model config: max_queue_size, max_active */
   bool stopping;
   pthread_t thread;
   bool thread_started;
@@ -327,22 +335,54 @@ static void *engine_main(void *arg) {
   for (;;) {
     while (!m->stopping && !m->queue_head && !m->active) pthread_cond_wait(&m->wake, &m->lock);
     if (m->stopping) break;
+    /* Queued requests whose call has ended (client cancel, deadline) leave
+     * the queue now, not at admission. */
+    seq *gone = NULL;
+    for (seq **qlink = &m->queue_head, *prev = NULL; *qlink;) {
+      seq *s = *qlink;
+      if (m->host->call_cancelled(s->call)) {
+        *qlink = s->next;
+        if (m->queue_tail == s) m->queue_tail = prev;
+        m->n_queued--;
+        s->next = gone;
+        gone = s;
+      } else {
+        prev = s;
+        qlink = &s->next;
+      }
+    }
+    size_t n_waiting = m->n_queued;
     /* Admit waiting sequences while there is room. */
-    while (m->queue_head && m->n_active < TEXTGEN_MAX_ACTIVE) {
+    while (m->queue_head && m->n_running < m->max_active) {
       seq *s = m->queue_head;
       m->queue_head = s->next;
       if (!m->queue_head) m->queue_tail = NULL;
       m->n_queued--;
+      m->n_running++;
       pthread_mutex_unlock(&m->lock);
       if (seq_admit(m, s)) {
         s->next = m->active;
         m->active = s;
         m->n_active++;
+      } else {
+        pthread_mutex_lock(&m->lock);
+        m->n_running--;
+        pthread_mutex_unlock(&m->lock);
       }
       pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
+    while (gone) {
+      seq *next = gone->next;
+      m->host->log(VELO_LOG_INFO, SRC,
+                   "model %s: request %llu cancelled while waiting for admission; it left the "
+                   "queue (%zu still waiting)",
+                   m->name, (unsigned long long)gone->serial, n_waiting);
+      seq_fail(m, gone, VELO_CANCELLED, "the request was cancelled while it waited in the queue");
+      gone = next;
+    }
     /* One step for every active sequence. */
+    size_t n_ended = 0;
     seq **link = &m->active;
     while (*link) {
       seq *s = *link;
@@ -350,11 +390,13 @@ static void *engine_main(void *arg) {
       if (seq_step(m, s)) {
         *link = next;
         m->n_active--;
+        n_ended++;
       } else {
         link = &s->next;
       }
     }
     pthread_mutex_lock(&m->lock);
+    m->n_running -= n_ended;
   }
   /* Unloading: end everything with UNAVAILABLE. */
   seq *q = m->queue_head;
@@ -408,7 +450,19 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
   pthread_mutex_init(&m->lock, NULL);
   pthread_cond_init(&m->wake, NULL);
   m->name = strdup(cfg->name ? cfg->name : cfg->path);
-  velo_status st = host->gguf->open(cfg->path, &m->gguf, err);
+  if (!m->name) {
+    model_free(m);
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  textgen_model_params mp;
+  velo_status st = textgen_model_params_parse(m->name, cfg->params, cfg->n_params, &mp, err);
+  if (st != VELO_OK) {
+    model_free(m);
+    return st;
+  }
+  m->max_queue = mp.max_queue;
+  m->max_active = mp.max_active;
+  st = host->gguf->open(cfg->path, &m->gguf, err);
   if (st != VELO_OK) {
     m->gguf = NULL;
     model_free(m);
@@ -513,6 +567,7 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
   s->call = req->call;
   s->streaming = req->streaming;
   s->ignore_eos = p.ignore_eos;
+  s->priority = p.priority;
   velo_utf8_stream_init(&s->utf8);
   if (p.prompt_len == 0 && !velo_tokenizer_add_bos(m->tok)) {
     st = velo_error_set(err, VELO_INVALID_ARGUMENT,
@@ -569,10 +624,29 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
     seq_free(s);
     return velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", m->name);
   }
+  /* Room: max_queue waiting beyond the running slots (queued requests
+   * fill free slots at the engine's next round). */
+  if (m->n_queued + m->n_running >= m->max_active + m->max_queue) {
+    size_t waiting = m->n_queued, running = m->n_running;
+    pthread_mutex_unlock(&m->lock);
+    seq_free(s);
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED,
+                          "model '%s' has %zu requests waiting (max_queue_size %zu) and %zu running; "
+                          "try again later",
+                          m->name, waiting, m->max_queue, running);
+  }
   s->serial = ++m->next_serial;
-  if (m->queue_tail) m->queue_tail->next = s;
-  else m->queue_head = s;
-  m->queue_tail = s;
+  /* Sorted by priority, higher first; FIFO among equals. */
+  if (!m->queue_tail || m->queue_tail->priority >= s->priority) {
+    if (m->queue_tail) m->queue_tail->next = s;
+    else m->queue_head = s;
+    m->queue_tail = s;
+  } else {
+    seq **link = &m->queue_head;
+    while ((*link)->priority >= s->priority) link = &(*link)->next;
+    s->next = *link;
+    *link = s;
+  }
   m->n_queued++;
   pthread_cond_signal(&m->wake);
   pthread_mutex_unlock(&m->lock);

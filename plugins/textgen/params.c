@@ -6,6 +6,9 @@
  * Protocol clients send whichever their language makes natural); an integer
  * parameter given as a double must be integral.  Unknown parameters are
  * ignored, as the protocol lets clients send their own.
+ *
+ * Also here: the model config parameters of a text-generation model
+ * (max_queue_size, max_active), where unknown keys are refused.
  */
 #include "params.h"
 
@@ -140,8 +143,8 @@ velo_status textgen_params_parse(const velo_request *req, textgen_params *p, vel
   for (size_t i = 0; i < req->n_params && st == VELO_OK; i++) {
     const velo_param *q = &req->params[i];
     const char *k = q->key ? q->key : "";
-    double d;
-    int64_t n;
+    double d = 0;
+    int64_t n = 0;
     if (strcmp(k, "max_tokens") == 0) {
       if ((st = param_int(q, &n, err))) break;
       if (n < 0) st = velo_error_set(err, VELO_INVALID_ARGUMENT, "max_tokens must be >= 0, got %lld", (long long)n);
@@ -177,6 +180,8 @@ velo_status textgen_params_parse(const velo_request *req, textgen_params *p, vel
       p->sampling.seed = (uint64_t)n;
     } else if (strcmp(k, "ignore_eos") == 0) {
       st = param_bool(q, &p->ignore_eos, err);
+    } else if (strcmp(k, "priority") == 0) {
+      st = param_int(q, &p->priority, err);
     } else if (strcmp(k, "stop") == 0) {
       if (q->type != VELO_PARAM_STRING)
         st = velo_error_set(err, VELO_INVALID_ARGUMENT, "parameter stop must be a string");
@@ -186,4 +191,67 @@ velo_status textgen_params_parse(const velo_request *req, textgen_params *p, vel
   }
   if (st != VELO_OK) textgen_params_clear(p);
   return st;
+}
+
+/* A model config integer: INT64, or a string holding a decimal integer
+ * (optionally signed, no spaces).  Returns false for anything else. */
+static bool config_int(const velo_param *p, int64_t *out) {
+  if (p->type == VELO_PARAM_INT64) {
+    *out = p->value.i;
+    return true;
+  }
+  if (p->type != VELO_PARAM_STRING || !p->value.s.ptr) return false;
+  const char *s = p->value.s.ptr;
+  size_t len = p->value.s.len, i = 0;
+  bool neg = false;
+  if (i < len && (s[i] == '-' || s[i] == '+')) neg = s[i++] == '-';
+  if (i == len) return false;
+  int64_t v = 0;
+  for (; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    if (v > (INT64_MAX - (s[i] - '0')) / 10) return false;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = neg ? -v : v;
+  return true;
+}
+
+velo_status textgen_model_params_parse(const char *model, const velo_param *params, size_t n_params,
+                                       textgen_model_params *mp, velo_error *err) {
+  mp->max_queue = TEXTGEN_DEFAULT_MAX_QUEUE;
+  mp->max_active = TEXTGEN_DEFAULT_MAX_ACTIVE;
+  bool seen_queue = false, seen_active = false;
+  for (size_t i = 0; i < n_params; i++) {
+    const velo_param *p = &params[i];
+    if (p->struct_size < sizeof *p || !p->key)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': parameter %zu is malformed", model, i);
+    bool queue = strcmp(p->key, "max_queue_size") == 0;
+    bool active = strcmp(p->key, "max_active") == 0;
+    if (!queue && !active)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "model '%s': unknown parameter '%.64s' (the text-generation task takes "
+                            "'max_queue_size' and 'max_active')",
+                            model, p->key);
+    bool *seen = queue ? &seen_queue : &seen_active;
+    if (*seen)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': parameter '%s' is given twice",
+                            model, p->key);
+    *seen = true;
+    int64_t lo = queue ? 0 : 1, hi = queue ? TEXTGEN_MAX_MAX_QUEUE : TEXTGEN_MAX_MAX_ACTIVE;
+    int64_t v;
+    if (!config_int(p, &v) || v < lo || v > hi) {
+      char shown[40];
+      if (p->type == VELO_PARAM_INT64) snprintf(shown, sizeof shown, "%lld", (long long)p->value.i);
+      else if (p->type == VELO_PARAM_STRING && p->value.s.ptr)
+        snprintf(shown, sizeof shown, "\"%.*s\"", (int)(p->value.s.len > 32 ? 32 : p->value.s.len),
+                 p->value.s.ptr);
+      else snprintf(shown, sizeof shown, "a %s", p->type == VELO_PARAM_BOOL ? "bool" : "non-integer");
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "model '%s': parameter '%s' is %s; it must be an integer from %lld to %lld",
+                            model, p->key, shown, (long long)lo, (long long)hi);
+    }
+    if (queue) mp->max_queue = (size_t)v;
+    else mp->max_active = (size_t)v;
+  }
+  return VELO_OK;
 }

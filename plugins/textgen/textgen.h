@@ -3,8 +3,10 @@
  * llama weights on the backend, and the engine thread that runs requests.
  *
  * Requests are validated and tokenized in submit() on the caller's thread,
- * then queued; one engine thread per model admits up to
- * TEXTGEN_MAX_ACTIVE sequences, each with its own KV cache, and advances
+ * then queued (bounded by the model config's max_queue_size, ordered by
+ * request priority); one engine thread per model admits up to max_active
+ * (model config, default TEXTGEN_DEFAULT_MAX_ACTIVE) sequences, each with
+ * its own KV cache, and advances
  * every active sequence by one step per round (a prefill chunk of up to
  * llama_model_max_batch tokens, or one decode step), so a long prompt does
  * not stall the others.  Cancellation is checked before every step.
@@ -13,11 +15,10 @@
 #define VELO_TEXTGEN_TEXTGEN_H
 
 #include "llama.h"
+#include "params.h"
 #include "tokenizer.h"
 #include "velo/plugin.h"
 #include "velo/text.h"
-
-#define TEXTGEN_MAX_ACTIVE 8
 
 extern const velo_host *textgen_host;
 
