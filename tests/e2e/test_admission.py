@@ -105,7 +105,9 @@ def test_queue_overflow_is_resource_exhausted(textgen, server):
         # The refused request was never queued: the waiting ones still wait.
         assert not any(w.first.is_set() for w in waiting), msg
     finally:
-        for c in [a] + waiting:
+        # The waiting ones first: cancelled while the long one still holds
+        # the only slot, they can never have run.
+        for c in waiting + [a]:
             c.cancel()
     assert a.code == grpc.StatusCode.CANCELLED
     assert all(w.code == grpc.StatusCode.CANCELLED for w in waiting), [w.code for w in waiting]
