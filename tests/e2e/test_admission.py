@@ -135,66 +135,45 @@ def test_deadline_honoured_while_queued(textgen, server):
     wait_served(textgen)
 
 
-def test_priority_admits_higher_first(server, textgen):
+def _infer_short(server, priority):
+    """A short greedy request through the Open Inference Protocol."""
+    with server.channel() as ch:
+        req = oip.text_request(MODEL, "Once upon a time", max_tokens=4, temperature=0.0,
+                               ignore_eos=True, priority=priority)
+        oip.stub(ch).ModelInfer(req, timeout=T)
+
+
+def _generate_short(server, priority):
+    """The same request through velo.v1 Generate (GenerateRequest.priority)."""
+    with server.channel() as ch:
+        req = harness.generate_request(MODEL, "Once upon a time", max_tokens=4, temperature=0.0,
+                                       ignore_eos=True, priority=priority)
+        list(velo_pb2_grpc.TextGenerationStub(ch).Generate(req, timeout=T))
+
+
+@pytest.mark.parametrize("send", [_infer_short, _generate_short], ids=["oip", "velo_v1"])
+def test_priority_admits_higher_first(server, textgen, send):
     a = Long(textgen).running()
     order = []
     lock = threading.Lock()
     errors = []
 
-    def infer(tag, priority):
+    def run(tag, priority):
         try:
-            with server.channel() as ch:
-                req = oip.text_request(MODEL, "Once upon a time", max_tokens=4, temperature=0.0,
-                                       ignore_eos=True, priority=priority)
-                oip.stub(ch).ModelInfer(req, timeout=T)
+            send(server, priority)
             with lock:
                 order.append(tag)
         except Exception as e:  # noqa: BLE001  (reported below)
             errors.append(e)
 
-    low = threading.Thread(target=infer, args=("low", 0))
-    high = threading.Thread(target=infer, args=("high", 5))
+    low = threading.Thread(target=run, args=("low", 0))
+    high = threading.Thread(target=run, args=("high", 5))
     try:
         low.start()
         time.sleep(QUEUE_SETTLE_S)   # low is queued first
         high.start()
         time.sleep(QUEUE_SETTLE_S)
         assert not order, "a queued request ran while the long one held the only slot: %s" % order
-    finally:
-        a.cancel()
-    low.join(T)
-    high.join(T)
-    assert not errors, errors
-    assert order == ["high", "low"], order
-
-
-def test_priority_through_velo_v1_generate(server, textgen):
-    """GenerateRequest.priority reaches the same queue order as the OIP parameter."""
-    a = Long(textgen).running()
-    order = []
-    lock = threading.Lock()
-    errors = []
-
-    def gen(tag, priority):
-        try:
-            with server.channel() as ch:
-                stub = velo_pb2_grpc.TextGenerationStub(ch)
-                req = harness.generate_request(MODEL, "Once upon a time", max_tokens=4,
-                                               temperature=0.0, ignore_eos=True, priority=priority)
-                list(stub.Generate(req, timeout=T))
-            with lock:
-                order.append(tag)
-        except Exception as e:  # noqa: BLE001  (reported below)
-            errors.append(e)
-
-    low = threading.Thread(target=gen, args=("low", 0))
-    high = threading.Thread(target=gen, args=("high", 5))
-    try:
-        low.start()
-        time.sleep(QUEUE_SETTLE_S)
-        high.start()
-        time.sleep(QUEUE_SETTLE_S)
-        assert not order, order
     finally:
         a.cancel()
     low.join(T)
