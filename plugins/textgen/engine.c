@@ -631,9 +631,9 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
     pthread_mutex_unlock(&m->lock);
     seq_free(s);
     return velo_error_set(err, VELO_RESOURCE_EXHAUSTED,
-                          "model '%s' has %zu requests waiting (max_queue_size %zu) and %zu running; "
+                          "model '%s' has %zu request%s waiting (max_queue_size %zu) and %zu running; "
                           "try again later",
-                          m->name, waiting, m->max_queue, running);
+                          m->name, waiting, waiting == 1 ? "" : "s", m->max_queue, running);
   }
   s->serial = ++m->next_serial;
   /* Sorted by priority, higher first; FIFO among equals. */

@@ -273,6 +273,17 @@ def main(argv=None):
         print("velo_bench_serve: refused: %s" % e, file=sys.stderr)
         return 2
 
+    # Open the JSON output before the run, so a bad path fails at once
+    # rather than after the whole load.
+    json_out = None
+    if a.json and a.json != "-":
+        try:
+            json_out = open(a.json, "w")
+        except OSError as e:
+            print("velo_bench_serve: cannot write --json %s: %s" % (a.json, e.strerror),
+                  file=sys.stderr)
+            return 2
+
     grpc, velo_pb2, velo_pb2_grpc = import_stubs()
     req = velo_pb2.GenerateRequest(model=a.model, prompt=a.prompt, max_tokens=a.max_tokens,
                                    temperature=0.0, ignore_eos=True)
@@ -312,7 +323,8 @@ def main(argv=None):
         if a.json == "-":
             sys.stdout.write(text)
         else:
-            Path(a.json).write_text(text)
+            with json_out:
+                json_out.write(text)
     load = report["load"]
     bad = load["errors"] or load["requests_completed"] == 0
     return 1 if bad else 0
