@@ -7,6 +7,7 @@
  * variant instead of the fastest available one (for comparing results; an
  * unavailable variant makes open() fail with INVALID_ARGUMENT).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,18 +60,27 @@ static velo_status cpu_probe(char *reason, size_t reason_size) {
 /* device_count(): always one device, the host CPU (all its cores). */
 static int32_t cpu_device_count(void) { return 1; }
 
+/* Bytes of velo_device_info in ABI 1.0, before batch_invariant. */
+#define DEVICE_INFO_SIZE_1_0 offsetof(velo_device_info, batch_invariant)
+
 /* device_info(): name from /proc/cpuinfo "model name" and the online CPU
  * count; description names the kernel variant; memory from sysconf, with
  * "free" taken as /proc/meminfo MemAvailable when present (MemFree alone
- * ignores reclaimable page cache, e.g. a memory-mapped model). */
+ * ignores reclaimable page cache, e.g. a memory-mapped model).
+ * batch_invariant (written only when out->struct_size covers it; an ABI 1.0
+ * struct is accepted) is true: every op computes one token's outputs with
+ * arithmetic that does not depend on the other tokens of the node (see the
+ * top of ops.c; test_cpu_ops checks MUL_MAT and ATTENTION_PAGED). */
 static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_error *err) {
   if (index != 0)
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "cpu: no device %d (there is 1)",
                           (int)index);
-  if (!out || out->struct_size < sizeof(velo_device_info))
+  if (!out || out->struct_size < DEVICE_INFO_SIZE_1_0)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
                           "cpu: device_info needs a velo_device_info with struct_size >= %zu",
-                          sizeof(velo_device_info));
+                          DEVICE_INFO_SIZE_1_0);
+  if (out->struct_size >= offsetof(velo_device_info, batch_invariant) + sizeof(bool))
+    out->batch_invariant = true;
   char model[128];
   if (!proc_field("/proc/cpuinfo", "model name", model, sizeof model))
     snprintf(model, sizeof model, "CPU");
@@ -79,7 +89,7 @@ static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_er
   const velo_cpu_vec *vec = velo_cpu_vec_best();
   snprintf(out->description, sizeof out->description,
            "kernels: %s%s; weights F32, F16, Q8_0, Q4_0 with llama.cpp arithmetic "
-           "(Q8_0 activations for Q8_0/Q4_0, fp16 activations for F16)",
+           "(Q8_0 activations for Q8_0/Q4_0, fp16 activations for F16); batch-invariant",
            vec->name, vec->isa == VELO_CPU_ISA_AVX2 ? " + F16C (bit-identical to portable C)" : "");
   long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
   long page = sysconf(_SC_PAGESIZE);

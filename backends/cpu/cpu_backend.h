@@ -68,9 +68,11 @@ velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_
 
 /* Computes one node that passed velo_cpu_node_check on inst's pool.  First
  * checks the data: every tensor's data is set and, when it lies in a CPU
- * buffer, inside that buffer (dst not in a wrapped read-only one); ids and
- * positions are in range.  Those failures are INVALID_ARGUMENT and leave
- * dst untouched; RESOURCE_EXHAUSTED if scratch memory cannot grow. */
+ * buffer, inside that buffer (dst not in a wrapped read-only one); ids,
+ * positions and ATTENTION_PAGED block tables are in range; for SET_ROWS
+ * and ATTENTION_PAGED, dst overlaps no source.  Those failures are
+ * INVALID_ARGUMENT and leave dst untouched; RESOURCE_EXHAUSTED if scratch
+ * memory cannot grow. */
 velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_node *node,
                                   size_t index, velo_error *err);
 

@@ -1,12 +1,24 @@
 /*
  * ops.c - the graph ops of the CPU backend: per-node validation and the
  * multi-threaded kernels (GET_ROWS, RMS_NORM, MUL, ADD, MUL_MAT, ROPE,
- * SWIGLU, CPY, ATTENTION; semantics in velo/backend.h).
+ * SWIGLU, CPY, ATTENTION, SET_ROWS, ATTENTION_PAGED; semantics in
+ * velo/backend.h).
  *
  * Each op splits its work over the instance's pool by whole output rows
  * (output rows of the weight matrix for MUL_MAT, (token, head) pairs for
- * ATTENTION), and every output element is computed by one thread in one
- * fixed order, so results are bit-identical whatever the thread count.
+ * ATTENTION and ATTENTION_PAGED, source rows for SET_ROWS), and every
+ * output element is computed by one thread in one fixed order, so results
+ * are bit-identical whatever the thread count.
+ *
+ * Batch invariance (velo_device_info.batch_invariant): the arithmetic that
+ * produces one token's output never depends on the other tokens of the
+ * node.  MUL_MAT converts each activation column on its own and computes
+ * every dst[n, m] with one full-length dot product of weight row n and
+ * column m (the same function for every M, M = 1 included; the tiling only
+ * orders independent dot products); ATTENTION and ATTENTION_PAGED compute
+ * each (token, head) pair alone over its own positions; the other ops are
+ * row-wise.  The thread count (which does depend on the node's size) only
+ * decides who computes an output, never how.
  *
  * Tensors: ne[0] is the row length and must be contiguous (nb[0] = element
  * or block size); rows are addressed through nb[1..3], so views with gaps
@@ -43,7 +55,9 @@
   XX(ROPE)                  \
   XX(SWIGLU)                \
   XX(CPY)                   \
-  XX(ATTENTION)
+  XX(ATTENTION)             \
+  XX(SET_ROWS)              \
+  XX(ATTENTION_PAGED)
 
 /* See cpu_backend.h. */
 const char *velo_cpu_op_name(int op) {
@@ -235,6 +249,7 @@ static int op_n_src(int op) {
     case VELO_OP_CPY:
       return 1;
     case VELO_OP_ATTENTION:
+    case VELO_OP_ATTENTION_PAGED:
       return 4;
     default:
       return 2;
@@ -367,6 +382,58 @@ velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_
       if (n_elements(pos) != a->ne[2])
         SHAPE_FAIL("%lld positions for %lld tokens", (long long)n_elements(pos),
                    (long long)a->ne[2]);
+      if (!isfinite(node->fparams[0])) SHAPE_FAIL("scale is not finite");
+      return VELO_OK;
+    }
+
+    case VELO_OP_SET_ROWS:
+      WANT("src0", a, k_f32);
+      WANT("src1 (ids)", b, k_i32);
+      WANT("dst", d, k_f32_f16);
+      if (d->ne[2] != 1 || d->ne[3] != 1)
+        SHAPE_FAIL("dst must be 2-D [row_len, n_rows], but ne[2] = %lld and ne[3] = %lld",
+                   (long long)d->ne[2], (long long)d->ne[3]);
+      if (d->ne[0] != a->ne[0])
+        SHAPE_FAIL("dst row length %lld != src0 row length %lld", (long long)d->ne[0],
+                   (long long)a->ne[0]);
+      if (n_rows(a) != n_elements(b))
+        SHAPE_FAIL("src0 has %lld rows but there are %lld ids", (long long)n_rows(a),
+                   (long long)n_elements(b));
+      return VELO_OK;
+
+    case VELO_OP_ATTENTION_PAGED: {
+      const velo_tensor *k = node->src[1], *v = node->src[2], *tab = node->src[3];
+      WANT("src0 (q)", a, k_f32);
+      WANT("src1 (K pool)", k, k_f32_f16);
+      WANT("src2 (V pool)", v, k_f32_f16);
+      WANT("src3 (positions and block tables)", tab, k_i32);
+      WANT("dst", d, k_f32);
+      if (a->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1)
+        SHAPE_FAIL("q, K and V must be 3-D");
+      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from q");
+      if (k->ne[0] != a->ne[0] || v->ne[0] != a->ne[0])
+        SHAPE_FAIL("head_dim differs: q %lld, K %lld, V %lld", (long long)a->ne[0],
+                   (long long)k->ne[0], (long long)v->ne[0]);
+      if (!same_shape(k, v) || k->dtype != v->dtype)
+        SHAPE_FAIL("K pool %s [%lld, %lld, %lld] and V pool %s [%lld, %lld, %lld] must have "
+                   "the same shape and dtype",
+                   dtype_str(k->dtype), (long long)k->ne[0], (long long)k->ne[1],
+                   (long long)k->ne[2], dtype_str(v->dtype), (long long)v->ne[0],
+                   (long long)v->ne[1], (long long)v->ne[2]);
+      if (a->ne[1] % k->ne[1] != 0)
+        SHAPE_FAIL("n_head %lld is not a multiple of n_head_kv %lld", (long long)a->ne[1],
+                   (long long)k->ne[1]);
+      if (tab->ne[2] != 1 || tab->ne[3] != 1)
+        SHAPE_FAIL("src3 must be 2-D [W, n_tok], but ne[2] = %lld and ne[3] = %lld",
+                   (long long)tab->ne[2], (long long)tab->ne[3]);
+      if (tab->ne[1] != a->ne[2])
+        SHAPE_FAIL("src3 has %lld columns for %lld tokens", (long long)tab->ne[1],
+                   (long long)a->ne[2]);
+      if (tab->ne[0] < 2)
+        SHAPE_FAIL("src3 column length W = %lld must be >= 2 (a position, then block ids)",
+                   (long long)tab->ne[0]);
+      if (node->iparams[0] < 1)
+        SHAPE_FAIL("block size iparams[0] = %d must be >= 1", node->iparams[0]);
       if (!isfinite(node->fparams[0])) SHAPE_FAIL("scale is not finite");
       return VELO_OK;
     }
@@ -614,53 +681,142 @@ static void k_cpy(void *p, int ith, int nth) {
   }
 }
 
-/* ATTENTION for the (token, head) pairs of this share.  Per pair, as
- * llama.cpp's non-flash path with an F32 mask: s_j = dot(k_j, q) * scale
- * (8-lane float dot; F16 K converted exactly), max subtracted, e_j =
- * expf(s_j - max), sum of e_j in double, p_j = e_j * (float)(1/sum), out =
- * sum_j p_j * v_j accumulated in float in j order. */
+/* Walks the KV slots of logical positions 0, 1, 2, ... of one query:
+ * slot p itself for ATTENTION (blocks NULL), block b_(p / bs) * bs + p % bs
+ * for ATTENTION_PAGED, with the block ids read one by one as positions
+ * reach them (never an entry past the last block used). */
+typedef struct kv_cursor {
+  const char *blocks; /* I32 block ids b_0, b_1, ... (maybe unaligned); NULL: contiguous */
+  int64_t bs;         /* block size in slots */
+  int64_t blk;        /* index of the current block */
+  int64_t off;        /* next offset inside it */
+  int64_t base;       /* first slot of the current block */
+} kv_cursor;
+
+/* Block id i of a cursor's table. */
+static inline int64_t kv_block(const kv_cursor *c, int64_t i) {
+  int32_t b;
+  memcpy(&b, c->blocks + (size_t)i * sizeof b, sizeof b);
+  return b;
+}
+
+/* A cursor at logical position 0; reads block 0 (every query uses it). */
+static inline kv_cursor kv_start(const char *blocks, int64_t bs) {
+  kv_cursor c = {.blocks = blocks, .bs = blocks ? bs : INT64_MAX, .blk = 0, .off = 0, .base = 0};
+  if (blocks) c.base = kv_block(&c, 0) * bs;
+  return c;
+}
+
+/* The slot of the next logical position. */
+static inline int64_t kv_next(kv_cursor *c) {
+  if (c->off == c->bs) {
+    c->off = 0;
+    c->blk++;
+    c->base = kv_block(c, c->blk) * c->bs;
+  }
+  return c->base + c->off++;
+}
+
+/* One (token t, query head h) pair of ATTENTION or ATTENTION_PAGED over
+ * logical positions 0..n_kv-1, whose slots the cursor made from (blocks,
+ * bs) gives.  As llama.cpp's non-flash path with an F32 mask: s_j =
+ * dot(k_j, q) * scale (8-lane float dot; F16 K converted exactly), max
+ * subtracted, e_j = expf(s_j - max), sum of e_j in double, p_j = e_j *
+ * (float)(1/sum), out = sum_j p_j * v_j accumulated in float in j order.
+ * Both ops run this one function, so the same logical K/V gives the same
+ * bits.  s: n_kv floats of scratch owned by the calling thread. */
+static void attend_one(const op_args *a, int64_t t, int64_t h, int64_t n_kv, const char *blocks,
+                       int64_t bs, float *s) {
+  const velo_graph_node *node = a->node;
+  const velo_tensor *q = node->src[0], *K = node->src[1], *V = node->src[2], *dst = node->dst;
+  const int64_t D = q->ne[0], g = h / (q->ne[1] / K->ne[1]);
+  const float scale = node->fparams[0];
+  const char *qr = (const char *)q->data + (size_t)h * q->nb[1] + (size_t)t * q->nb[2];
+  float *out = (float *)((char *)dst->data + (size_t)h * dst->nb[1] + (size_t)t * dst->nb[2]);
+  const char *kbase = (const char *)K->data + (size_t)g * K->nb[1];
+  const char *vbase = (const char *)V->data + (size_t)g * V->nb[1];
+  float mx = -INFINITY;
+  kv_cursor c = kv_start(blocks, bs);
+  for (int64_t j = 0; j < n_kv; j++) {
+    const char *kr = kbase + (size_t)kv_next(&c) * K->nb[2];
+    float dot = K->dtype == VELO_DTYPE_F16
+                    ? a->vec->dot_f16_f32((const uint16_t *)kr, (const float *)qr, D)
+                    : a->vec->dot_f32((const float *)kr, (const float *)qr, D);
+    s[j] = dot * scale;
+    mx = s[j] > mx ? s[j] : mx;
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < n_kv; j++) {
+    s[j] = expf(s[j] - mx);
+    sum += (double)s[j];
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+  c = kv_start(blocks, bs);
+  for (int64_t j = 0; j < n_kv; j++) {
+    const float pj = s[j] * inv;
+    const char *vr = vbase + (size_t)kv_next(&c) * V->nb[2];
+    if (V->dtype == VELO_DTYPE_F16) {
+      const uint16_t *v16 = (const uint16_t *)vr;
+      for (int64_t d = 0; d < D; d++) out[d] += pj * velo_fp16_to_fp32(v16[d]);
+    } else {
+      const float *v32 = (const float *)vr;
+      for (int64_t d = 0; d < D; d++) out[d] += pj * v32[d];
+    }
+  }
+}
+
+/* ATTENTION for the (token, head) pairs of this share: query t attends
+ * cache slots 0..pos[t] (see attend_one). */
 static void k_attention(void *p, int ith, int nth) {
   const op_args *a = p;
-  const velo_graph_node *node = a->node;
-  const velo_tensor *q = node->src[0], *K = node->src[1], *V = node->src[2];
-  const velo_tensor *pos = node->src[3], *dst = node->dst;
-  const int64_t D = q->ne[0], H = q->ne[1], group = H / K->ne[1];
-  const float scale = node->fparams[0];
+  const velo_tensor *q = a->node->src[0], *pos = a->node->src[3];
+  const int64_t H = q->ne[1];
   float *s = (float *)a->scratch + (size_t)ith * (size_t)a->scratch_per_thread;
   int64_t b, e;
   split_range(H * q->ne[2], ith, nth, &b, &e);
   for (int64_t it = b; it < e; it++) {
-    const int64_t t = it / H, h = it % H, g = h / group;
-    const int64_t n_kv = (int64_t)i32_at(pos, t) + 1;
-    const char *qr = (const char *)q->data + (size_t)h * q->nb[1] + (size_t)t * q->nb[2];
-    float *out = (float *)((char *)dst->data + (size_t)h * dst->nb[1] + (size_t)t * dst->nb[2]);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n_kv; j++) {
-      const char *kr = (const char *)K->data + (size_t)g * K->nb[1] + (size_t)j * K->nb[2];
-      float dot = K->dtype == VELO_DTYPE_F16
-                      ? a->vec->dot_f16_f32((const uint16_t *)kr, (const float *)qr, D)
-                      : a->vec->dot_f32((const float *)kr, (const float *)qr, D);
-      s[j] = dot * scale;
-      mx = s[j] > mx ? s[j] : mx;
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_kv; j++) {
-      s[j] = expf(s[j] - mx);
-      sum += (double)s[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j < n_kv; j++) {
-      const float pj = s[j] * inv;
-      const char *vr = (const char *)V->data + (size_t)g * V->nb[1] + (size_t)j * V->nb[2];
-      if (V->dtype == VELO_DTYPE_F16) {
-        const uint16_t *v16 = (const uint16_t *)vr;
-        for (int64_t d = 0; d < D; d++) out[d] += pj * velo_fp16_to_fp32(v16[d]);
-      } else {
-        const float *v32 = (const float *)vr;
-        for (int64_t d = 0; d < D; d++) out[d] += pj * v32[d];
-      }
-    }
+    const int64_t t = it / H;
+    attend_one(a, t, it % H, (int64_t)i32_at(pos, t) + 1, NULL, 1, s);
+  }
+}
+
+/* ATTENTION_PAGED for the (token, head) pairs of this share: column t of
+ * src3 is (pos_t, b_0, b_1, ...); query t attends logical positions
+ * 0..pos_t through its block table (see attend_one). */
+static void k_attention_paged(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *q = a->node->src[0], *tab = a->node->src[3];
+  const int64_t H = q->ne[1], bs = a->node->iparams[0];
+  float *s = (float *)a->scratch + (size_t)ith * (size_t)a->scratch_per_thread;
+  int64_t b, e;
+  split_range(H * q->ne[2], ith, nth, &b, &e);
+  for (int64_t it = b; it < e; it++) {
+    const int64_t t = it / H;
+    const char *col = row_ptr(tab, t);
+    int32_t pos;
+    memcpy(&pos, col, sizeof pos);
+    attend_one(a, t, it % H, (int64_t)pos + 1, col + sizeof pos, bs, s);
+  }
+}
+
+/* SET_ROWS: dst row ids[t] = src0 row t for the source rows t of this
+ * share, F32 -> F32 or F16 (round-half-even, as CPY).  The driver runs a
+ * node with a repeated id on one thread, so the last of the equal ids wins
+ * and no row is written by two threads. */
+static void k_set_rows(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const velo_tensor *src = a->node->src[0], *ids = a->node->src[1], *dst = a->node->dst;
+  const int64_t n = src->ne[0];
+  int64_t b, e;
+  split_range(n_rows(src), ith, nth, &b, &e);
+  for (int64_t t = b; t < e; t++) {
+    const float *x = (const float *)row_ptr(src, t);
+    char *y = (char *)dst->data + (size_t)i32_at(ids, t) * dst->nb[1];
+    if (dst->dtype == VELO_DTYPE_F16)
+      a->vec->fp32_to_fp16_row(x, (uint16_t *)y, n);
+    else
+      memcpy(y, x, (size_t)n * sizeof(float));
   }
 }
 
@@ -668,14 +824,81 @@ static void k_attention(void *p, int ith, int nth) {
 /* Per-node driver                                                      */
 /* ------------------------------------------------------------------ */
 
-/* Data checks: pointers and buffer bounds of every tensor, ids and
- * positions in range. */
+/* True when the byte ranges of a and b (each from the tensor's first byte
+ * to just past its last) intersect, or when a range cannot be computed.
+ * Conservative for strided views that interleave without sharing bytes. */
+static bool spans_overlap(const velo_tensor *a, const velo_tensor *b) {
+  size_t sa, sb;
+  if (!tensor_span(a, &sa) || !tensor_span(b, &sb)) return true;
+  const char *pa = a->data, *pb = b->data;
+  return pa < pb ? (size_t)(pb - pa) < sa : (size_t)(pa - pb) < sb;
+}
+
+/* ATTENTION_PAGED's table check: for every token, pos >= 0, the pos/bs + 1
+ * blocks it needs fit in its column (1 + pos/bs < W), and every slot it
+ * reads, block id * bs + offset, lies in [0, n_slots). */
+static velo_status check_block_tables(const velo_graph_node *node, size_t index,
+                                      velo_error *err) {
+  const velo_tensor *tab = node->src[3];
+  const int64_t W = tab->ne[0], bs = node->iparams[0], n_slots = node->src[1]->ne[2];
+  for (int64_t t = 0; t < tab->ne[1]; t++) {
+    const char *col = row_ptr(tab, t);
+    int32_t pos;
+    memcpy(&pos, col, sizeof pos);
+    if (pos < 0)
+      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                       "token %lld: position %d is negative", (long long)t, pos);
+    const int64_t n_blk = (int64_t)pos / bs + 1;
+    if (n_blk >= W)
+      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                       "token %lld: position %d needs %lld blocks of %lld slots, but its "
+                       "column has room for W - 1 = %lld",
+                       (long long)t, pos, (long long)n_blk, (long long)bs, (long long)(W - 1));
+    for (int64_t i = 0; i < n_blk; i++) {
+      int32_t blk;
+      memcpy(&blk, col + (size_t)(1 + i) * sizeof blk, sizeof blk);
+      const int64_t first = (int64_t)blk * bs;
+      const int64_t last = first + (i == n_blk - 1 ? (int64_t)pos % bs : bs - 1);
+      if (blk < 0 || last >= n_slots)
+        return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                         "token %lld: block %lld has id %d, giving slots [%lld, %lld] outside "
+                         "the pool [0, %lld)",
+                         (long long)t, (long long)i, blk, (long long)first, (long long)last,
+                         (long long)n_slots);
+    }
+  }
+  return VELO_OK;
+}
+
+/* Data checks: pointers and buffer bounds of every tensor, ids, positions
+ * and block tables in range; for SET_ROWS and ATTENTION_PAGED, dst must
+ * not overlap any source (the kernels read ids and block tables while
+ * writing dst, so an overlap could send a write or read anywhere). */
 static velo_status check_node_data(const velo_graph_node *node, size_t index, velo_error *err) {
   static const char *const src_names[VELO_NODE_MAX_SRC] = {"src0", "src1", "src2", "src3"};
   velo_status st = check_data(node, index, "dst", node->dst, true, err);
   for (int i = 0; st == VELO_OK && i < op_n_src(node->op); i++)
     st = check_data(node, index, src_names[i], node->src[i], false, err);
   if (st != VELO_OK) return st;
+  if (node->op == VELO_OP_SET_ROWS || node->op == VELO_OP_ATTENTION_PAGED)
+    for (int i = 0; i < op_n_src(node->op); i++)
+      if (spans_overlap(node->dst, node->src[i]))
+        return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                         "dst overlaps %s in memory; this op needs dst apart from "
+                         "every source",
+                         src_names[i]);
+  if (node->op == VELO_OP_SET_ROWS) {
+    const velo_tensor *ids = node->src[1];
+    int64_t n = n_elements(ids), rows = node->dst->ne[1];
+    for (int64_t i = 0; i < n; i++) {
+      int32_t id = i32_at(ids, i);
+      if (id < 0 || id >= rows)
+        return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
+                         "id %d at %lld is outside dst's rows [0, %lld)", id, (long long)i,
+                         (long long)rows);
+    }
+  }
+  if (node->op == VELO_OP_ATTENTION_PAGED) return check_block_tables(node, index, err);
   if (node->op == VELO_OP_GET_ROWS) {
     const velo_tensor *ids = node->src[1];
     int64_t n = n_elements(ids), rows = node->src[0]->ne[1];
@@ -699,6 +922,12 @@ static velo_status check_node_data(const velo_graph_node *node, size_t index, ve
     }
   }
   return VELO_OK;
+}
+
+/* qsort order of int32_t values. */
+static int cmp_i32(const void *x, const void *y) {
+  int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+  return (a > b) - (a < b);
 }
 
 /* See cpu_backend.h. */
@@ -746,20 +975,48 @@ velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_
       return VELO_OK;
     }
 
-    case VELO_OP_ATTENTION: {
+    case VELO_OP_ATTENTION:
+    case VELO_OP_ATTENTION_PAGED: {
+      /* scores: per thread, max over the node of pos + 1 floats */
+      const bool paged = node->op == VELO_OP_ATTENTION_PAGED;
       const velo_tensor *pos = node->src[3];
+      const int64_t n_tok = s0->ne[2];
       int64_t max_kv = 1;
-      for (int64_t i = 0; i < n_elements(pos); i++) {
-        int64_t n_kv = (int64_t)i32_at(pos, i) + 1; /* positions checked >= 0 */
+      for (int64_t t = 0; t < n_tok; t++) {
+        /* positions checked >= 0; paged ones are element 0 of column t */
+        int64_t n_kv = (int64_t)(paged ? i32_at(pos, t * pos->ne[0]) : i32_at(pos, t)) + 1;
         max_kv = n_kv > max_kv ? n_kv : max_kv;
       }
       int nth = threads_for(inst, (double)n_rows(s0) * (double)max_kv * 2.0 * s0->ne[0]);
       args.scratch_per_thread = (max_kv + 15) / 16 * 16; /* keep threads' rows apart */
-      st = scratch_reserve(inst, (size_t)nth * (size_t)args.scratch_per_thread * sizeof(float),
-                           index, node->op, err);
+      size_t bytes;
+      if (__builtin_mul_overflow((size_t)nth * sizeof(float), (size_t)args.scratch_per_thread,
+                                 &bytes))
+        return node_fail(err, VELO_RESOURCE_EXHAUSTED, index, node->op,
+                         "score scratch for %lld positions is too large", (long long)max_kv);
+      st = scratch_reserve(inst, bytes, index, node->op, err);
       if (st != VELO_OK) return st;
       args.scratch = inst->scratch;
-      velo_cpu_pool_run(pool, k_attention, &args, nth);
+      velo_cpu_pool_run(pool, paged ? k_attention_paged : k_attention, &args, nth);
+      return VELO_OK;
+    }
+
+    case VELO_OP_SET_ROWS: {
+      int nth = threads_for(inst, (double)n_elements(s0));
+      /* a repeated id would have two threads write one row: run such a
+       * node on one thread (the last equal id wins) */
+      if (nth > 1) {
+        const velo_tensor *ids = node->src[1];
+        const int64_t n = n_elements(ids);
+        st = scratch_reserve(inst, (size_t)n * sizeof(int32_t), index, node->op, err);
+        if (st != VELO_OK) return st;
+        int32_t *sorted = inst->scratch;
+        for (int64_t i = 0; i < n; i++) sorted[i] = i32_at(ids, i);
+        qsort(sorted, (size_t)n, sizeof *sorted, cmp_i32);
+        for (int64_t i = 1; i < n && nth > 1; i++)
+          if (sorted[i] == sorted[i - 1]) nth = 1;
+      }
+      velo_cpu_pool_run(pool, k_set_rows, &args, nth);
       return VELO_OK;
     }
 

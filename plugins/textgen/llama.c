@@ -37,9 +37,11 @@ struct llama_model {
   velo_buffer **bufs;   /* weight buffers, freed at the end */
   size_t n_bufs, cap_bufs;
   velo_buffer *scratch; /* activations of one step */
+  velo_buffer *attn_buf; /* the attention tables of one step */
+  size_t attn_cap;       /* bytes of attn_buf */
   int32_t max_batch;
   /* Offsets of the activations in scratch. */
-  size_t off_ids, off_pos, off_x, off_cur, off_q, off_qr, off_k, off_kr, off_v, off_attn, off_o,
+  size_t off_ids, off_pos, off_slot, off_rows, off_x, off_cur, off_q, off_qr, off_k, off_kr, off_v, off_attn, off_o,
       off_g, off_u, off_h, off_d, off_outn, off_logits;
   /* Arenas for one step's graph, sized at load and never reallocated. */
   velo_tensor *tens;
@@ -48,11 +50,15 @@ struct llama_model {
   size_t n_nodes, cap_nodes;
 };
 
-struct llama_kv {
+struct llama_kv_pool {
   llama_model *m;
   velo_buffer *buf;
-  int64_t n_ctx;
+  int64_t n_slots;
   size_t layer_bytes; /* bytes of one layer's K (or V) */
+};
+
+struct llama_kv {
+  llama_kv_pool *pool; /* n_ctx slots, position p in slot p */
 };
 
 /* ------------------------------------------------------------------ */
@@ -350,36 +356,62 @@ static size_t take(size_t *cursor, size_t bytes) {
   return off;
 }
 
-static velo_status alloc_scratch(llama_model *m, velo_error *err) {
+/* (Re)allocates the activation scratch for batches of max_batch tokens. */
+static velo_status alloc_scratch(llama_model *m, int32_t max_batch, velo_error *err) {
   const llama_hparams *hp = &m->hp;
-  size_t B = (size_t)m->max_batch, E = (size_t)hp->n_embd,
+  size_t B = (size_t)max_batch, E = (size_t)hp->n_embd,
          KV = (size_t)(hp->n_head_kv * hp->head_dim), F = (size_t)hp->n_ff, V = (size_t)hp->n_vocab;
   size_t c = 0;
-  m->off_ids = take(&c, 4 * B);
-  m->off_pos = take(&c, 4 * B);
-  m->off_x = take(&c, 4 * E * B);
-  m->off_cur = take(&c, 4 * E * B);
-  m->off_q = take(&c, 4 * E * B);
-  m->off_qr = take(&c, 4 * E * B);
-  m->off_k = take(&c, 4 * KV * B);
-  m->off_kr = take(&c, 4 * KV * B);
-  m->off_v = take(&c, 4 * KV * B);
-  m->off_attn = take(&c, 4 * E * B);
-  m->off_o = take(&c, 4 * E * B);
-  m->off_g = take(&c, 4 * F * B);
-  m->off_u = take(&c, 4 * F * B);
-  m->off_h = take(&c, 4 * F * B);
-  m->off_d = take(&c, 4 * E * B);
-  m->off_outn = take(&c, 4 * E);
-  m->off_logits = take(&c, 4 * V);
-  velo_status st = m->be->buffer_alloc(m->inst, c, &m->scratch, err);
+  llama_model t = *m; /* offsets are committed only when the buffer exists */
+  t.off_ids = take(&c, 4 * B);
+  t.off_pos = take(&c, 4 * B);
+  t.off_slot = take(&c, 4 * B);
+  t.off_rows = take(&c, 4 * B);
+  t.off_x = take(&c, 4 * E * B);
+  t.off_cur = take(&c, 4 * E * B);
+  t.off_q = take(&c, 4 * E * B);
+  t.off_qr = take(&c, 4 * E * B);
+  t.off_k = take(&c, 4 * KV * B);
+  t.off_kr = take(&c, 4 * KV * B);
+  t.off_v = take(&c, 4 * KV * B);
+  t.off_attn = take(&c, 4 * E * B);
+  t.off_o = take(&c, 4 * E * B);
+  t.off_g = take(&c, 4 * F * B);
+  t.off_u = take(&c, 4 * F * B);
+  t.off_h = take(&c, 4 * F * B);
+  t.off_d = take(&c, 4 * E * B);
+  t.off_outn = take(&c, 4 * E * B);
+  t.off_logits = take(&c, 4 * V * B);
+  velo_buffer *buf = NULL;
+  velo_status st = m->be->buffer_alloc(m->inst, c, &buf, err);
   if (st != VELO_OK) return st;
-  m->cap_tens = (size_t)hp->n_layer * 32 + 32;
-  m->cap_nodes = (size_t)hp->n_layer * 24 + 16;
-  m->tens = calloc(m->cap_tens, sizeof *m->tens);
-  m->nodes = calloc(m->cap_nodes, sizeof *m->nodes);
-  if (!m->tens || !m->nodes) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  if (m->scratch) m->be->buffer_free(m->inst, m->scratch);
+  m->scratch = buf;
+  m->max_batch = max_batch;
+  m->off_ids = t.off_ids, m->off_pos = t.off_pos, m->off_slot = t.off_slot, m->off_rows = t.off_rows;
+  m->off_x = t.off_x, m->off_cur = t.off_cur, m->off_q = t.off_q, m->off_qr = t.off_qr;
+  m->off_k = t.off_k, m->off_kr = t.off_kr, m->off_v = t.off_v, m->off_attn = t.off_attn;
+  m->off_o = t.off_o, m->off_g = t.off_g, m->off_u = t.off_u, m->off_h = t.off_h;
+  m->off_d = t.off_d, m->off_outn = t.off_outn, m->off_logits = t.off_logits;
+  if (!m->tens) {
+    m->cap_tens = (size_t)hp->n_layer * 32 + 32;
+    m->cap_nodes = (size_t)hp->n_layer * 24 + 16;
+    m->tens = calloc(m->cap_tens, sizeof *m->tens);
+    m->nodes = calloc(m->cap_nodes, sizeof *m->nodes);
+    if (!m->tens || !m->nodes) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  }
   return VELO_OK;
+}
+
+velo_status llama_model_reserve(llama_model *m, int32_t max_batch, velo_error *err) {
+  if (max_batch < 1 || max_batch > 4096)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "batch of %d tokens; allowed 1..4096", max_batch);
+  if (max_batch <= m->max_batch) return VELO_OK;
+  return alloc_scratch(m, max_batch, err);
+}
+
+size_t llama_kv_bytes_per_token(const llama_model *m) {
+  return 2 * (size_t)m->hp.n_layer * (size_t)(m->hp.n_head_kv * m->hp.head_dim) * sizeof(float);
 }
 
 velo_status llama_model_load(const velo_host *host, const velo_gguf *g, const velo_backend_iface *be,
@@ -392,9 +424,8 @@ velo_status llama_model_load(const velo_host *host, const velo_gguf *g, const ve
   m->g = g;
   m->be = be;
   m->inst = inst;
-  m->max_batch = 64;
   velo_status st;
-  if ((st = read_hparams(m, err)) || (st = load_weights(m, err)) || (st = alloc_scratch(m, err))) {
+  if ((st = read_hparams(m, err)) || (st = load_weights(m, err)) || (st = alloc_scratch(m, 64, err))) {
     llama_model_free(m);
     return st;
   }
@@ -406,6 +437,7 @@ void llama_model_free(llama_model *m) {
   if (!m) return;
   for (size_t i = 0; i < m->n_bufs; i++) m->be->buffer_free(m->inst, m->bufs[i]);
   if (m->scratch) m->be->buffer_free(m->inst, m->scratch);
+  if (m->attn_buf) m->be->buffer_free(m->inst, m->attn_buf);
   free(m->bufs);
   free(m->layers);
   free(m->tens);
@@ -417,19 +449,48 @@ const llama_hparams *llama_model_hparams(const llama_model *m) { return &m->hp; 
 
 int32_t llama_model_max_batch(const llama_model *m) { return m->max_batch; }
 
+
 /* ------------------------------------------------------------------ */
-/* KV cache                                                            */
+/* KV memory                                                           */
 /* ------------------------------------------------------------------ */
+
+velo_status llama_kv_pool_create(llama_model *m, int64_t n_slots, llama_kv_pool **out,
+                                 velo_error *err) {
+  *out = NULL;
+  size_t row = (size_t)(m->hp.n_head_kv * m->hp.head_dim) * sizeof(float);
+  if (n_slots < 1 || (uint64_t)n_slots > SIZE_MAX / 4 / row / (size_t)m->hp.n_layer)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "a KV cache of %lld token slots; allowed 1..%zu",
+                          (long long)n_slots, SIZE_MAX / 4 / row / (size_t)m->hp.n_layer);
+  llama_kv_pool *kv = calloc(1, sizeof *kv);
+  if (!kv) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  kv->m = m;
+  kv->n_slots = n_slots;
+  kv->layer_bytes = (size_t)n_slots * row;
+  velo_status st = m->be->buffer_alloc(m->inst, 2 * (size_t)m->hp.n_layer * kv->layer_bytes, &kv->buf, err);
+  if (st != VELO_OK) {
+    free(kv);
+    return st;
+  }
+  *out = kv;
+  return VELO_OK;
+}
+
+void llama_kv_pool_free(llama_kv_pool *kv) {
+  if (!kv) return;
+  kv->m->be->buffer_free(kv->m->inst, kv->buf);
+  free(kv);
+}
+
+int64_t llama_kv_pool_slots(const llama_kv_pool *kv) { return kv->n_slots; }
 
 velo_status llama_kv_create(llama_model *m, int64_t n_ctx, llama_kv **out, velo_error *err) {
   *out = NULL;
-  if (n_ctx < 1) return velo_error_set(err, VELO_INVALID_ARGUMENT, "KV cache size must be >= 1");
+  if (n_ctx < 1 || n_ctx > INT32_MAX)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "KV cache size %lld; allowed 1..%d",
+                          (long long)n_ctx, INT32_MAX);
   llama_kv *kv = calloc(1, sizeof *kv);
   if (!kv) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
-  kv->m = m;
-  kv->n_ctx = n_ctx;
-  kv->layer_bytes = (size_t)n_ctx * (size_t)(m->hp.n_head_kv * m->hp.head_dim) * sizeof(float);
-  velo_status st = m->be->buffer_alloc(m->inst, 2 * (size_t)m->hp.n_layer * kv->layer_bytes, &kv->buf, err);
+  velo_status st = llama_kv_pool_create(m, n_ctx, &kv->pool, err);
   if (st != VELO_OK) {
     free(kv);
     return st;
@@ -440,11 +501,11 @@ velo_status llama_kv_create(llama_model *m, int64_t n_ctx, llama_kv **out, velo_
 
 void llama_kv_free(llama_kv *kv) {
   if (!kv) return;
-  kv->m->be->buffer_free(kv->m->inst, kv->buf);
+  llama_kv_pool_free(kv->pool);
   free(kv);
 }
 
-int64_t llama_kv_size(const llama_kv *kv) { return kv->n_ctx; }
+int64_t llama_kv_size(const llama_kv *kv) { return kv->pool->n_slots; }
 
 /* ------------------------------------------------------------------ */
 /* Forward                                                             */
@@ -485,35 +546,67 @@ static void rope_node(llama_model *m, velo_tensor *dst, velo_tensor *src, velo_t
   n->fparams[1] = m->hp.rope_freq_scale;
 }
 
-velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, int32_t n_tok,
-                          int64_t pos0, float *logits, velo_error *err) {
-  const llama_hparams *hp = &m->hp;
-  if (n_tok < 1 || n_tok > m->max_batch)
-    return velo_error_set(err, VELO_INVALID_ARGUMENT, "batch of %d tokens; allowed 1..%d", n_tok,
+/* Checks what the backend cannot know: token ids against the vocabulary,
+ * slots against the pool, output rows against the batch. */
+static velo_status check_batch(const llama_model *m, const llama_kv_pool *kv, const llama_batch *b,
+                               velo_error *err) {
+  if (b->n_tok < 1 || b->n_tok > m->max_batch)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "batch of %d tokens; allowed 1..%d", b->n_tok,
                           m->max_batch);
-  if (pos0 < 0 || pos0 + n_tok > kv->n_ctx)
-    return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                          "positions %lld..%lld do not fit the KV cache of %lld",
-                          (long long)pos0, (long long)(pos0 + n_tok - 1), (long long)kv->n_ctx);
-  int32_t pos[256];
-  for (int32_t i = 0; i < n_tok; i++) {
-    if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+  if (b->n_out < 0 || b->n_out > b->n_tok)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "%d output rows for %d tokens", b->n_out, b->n_tok);
+  if (b->attn_width < 2 || b->block_size < 1)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "attention table width %d (>= 2) or block size %d (>= 1)",
+                          b->attn_width, b->block_size);
+  for (int32_t i = 0; i < b->n_tok; i++) {
+    if (b->tokens[i] < 0 || b->tokens[i] >= m->hp.n_vocab)
       return velo_error_set(err, VELO_INVALID_ARGUMENT, "token id %d outside the vocabulary [0, %lld)",
-                            tokens[i], (long long)hp->n_vocab);
-    pos[i] = (int32_t)(pos0 + i);
+                            b->tokens[i], (long long)m->hp.n_vocab);
+    if (b->slot[i] < 0 || b->slot[i] >= kv->n_slots)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT, "KV slot %d outside the pool [0, %lld)",
+                            b->slot[i], (long long)kv->n_slots);
+    if (b->pos[i] < 0 || b->attn[(size_t)i * (size_t)b->attn_width] != b->pos[i])
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "token %d: position %d and its attention table disagree", i, b->pos[i]);
   }
-  velo_status st;
-  if ((st = m->be->buffer_write(m->inst, m->scratch, m->off_ids, tokens, 4 * (size_t)n_tok, err)) ||
-      (st = m->be->buffer_write(m->inst, m->scratch, m->off_pos, pos, 4 * (size_t)n_tok, err)))
+  for (int32_t i = 0; i < b->n_out; i++)
+    if (b->out_rows[i] < 0 || b->out_rows[i] >= b->n_tok)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT, "output row %d outside the batch [0, %d)",
+                            b->out_rows[i], b->n_tok);
+  return VELO_OK;
+}
+
+velo_status llama_decode(llama_model *m, llama_kv_pool *kv, const llama_batch *b, float *logits,
+                         velo_error *err) {
+  const llama_hparams *hp = &m->hp;
+  velo_status st = check_batch(m, kv, b, err);
+  if (st != VELO_OK) return st;
+  size_t n = (size_t)b->n_tok, attn_bytes = n * (size_t)b->attn_width * sizeof(int32_t);
+  if (attn_bytes > m->attn_cap) {
+    size_t cap = attn_bytes < 4096 ? 4096 : attn_bytes + attn_bytes / 2;
+    velo_buffer *nb = NULL;
+    if ((st = m->be->buffer_alloc(m->inst, cap, &nb, err)) != VELO_OK) return st;
+    if (m->attn_buf) m->be->buffer_free(m->inst, m->attn_buf);
+    m->attn_buf = nb;
+    m->attn_cap = cap;
+  }
+  if ((st = m->be->buffer_write(m->inst, m->scratch, m->off_ids, b->tokens, 4 * n, err)) ||
+      (st = m->be->buffer_write(m->inst, m->scratch, m->off_pos, b->pos, 4 * n, err)) ||
+      (st = m->be->buffer_write(m->inst, m->scratch, m->off_slot, b->slot, 4 * n, err)) ||
+      (b->n_out && (st = m->be->buffer_write(m->inst, m->scratch, m->off_rows, b->out_rows,
+                                             4 * (size_t)b->n_out, err))) ||
+      (st = m->be->buffer_write(m->inst, m->attn_buf, 0, b->attn, attn_bytes, err)))
     return st;
 
   m->n_tens = 0;
   m->n_nodes = 0;
   velo_buffer *S = m->scratch;
   int64_t E = hp->n_embd, HD = hp->head_dim, NH = hp->n_head, NKV = hp->n_head_kv, F = hp->n_ff;
-  int64_t B = n_tok;
+  int64_t B = b->n_tok;
   velo_tensor *ids = view(m, S, m->off_ids, VELO_DTYPE_I32, 1, B, 1, 1);
   velo_tensor *p = view(m, S, m->off_pos, VELO_DTYPE_I32, 1, B, 1, 1);
+  velo_tensor *slots = view(m, S, m->off_slot, VELO_DTYPE_I32, 1, B, 1, 1);
+  velo_tensor *table = view(m, m->attn_buf, 0, VELO_DTYPE_I32, 2, b->attn_width, B, 1);
   velo_tensor *x = view(m, S, m->off_x, VELO_DTYPE_F32, 2, E, B, 1);
   velo_tensor *cur = view(m, S, m->off_cur, VELO_DTYPE_F32, 2, E, B, 1);
   node(m, VELO_OP_GET_ROWS, x, &m->tok_embd, ids);
@@ -536,21 +629,21 @@ velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, i
     velo_tensor *kr = view(m, S, m->off_kr, VELO_DTYPE_F32, 3, HD, NKV, B);
     rope_node(m, qr, q3, p);
     rope_node(m, kr, k3, p);
-    /* Store K and V of the new tokens in their cache slots. */
-    size_t slot_bytes = (size_t)(NKV * HD) * sizeof(float);
+    /* Store K and V of the new tokens in their pool slots. */
     size_t k_off = (size_t)(2 * l) * kv->layer_bytes, v_off = k_off + kv->layer_bytes;
-    velo_tensor *kslots = view(m, kv->buf, k_off + (size_t)pos0 * slot_bytes, VELO_DTYPE_F32, 3, HD, NKV, B);
-    velo_tensor *v3 = view(m, S, m->off_v, VELO_DTYPE_F32, 3, HD, NKV, B);
-    velo_tensor *vslots = view(m, kv->buf, v_off + (size_t)pos0 * slot_bytes, VELO_DTYPE_F32, 3, HD, NKV, B);
-    node(m, VELO_OP_CPY, kslots, kr, NULL);
-    node(m, VELO_OP_CPY, vslots, v3, NULL);
-    velo_tensor *kcache = view(m, kv->buf, k_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_ctx);
-    velo_tensor *vcache = view(m, kv->buf, v_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_ctx);
+    velo_tensor *kpool2 = view(m, kv->buf, k_off, VELO_DTYPE_F32, 2, NKV * HD, kv->n_slots, 1);
+    velo_tensor *vpool2 = view(m, kv->buf, v_off, VELO_DTYPE_F32, 2, NKV * HD, kv->n_slots, 1);
+    velo_tensor *kr2 = view(m, S, m->off_kr, VELO_DTYPE_F32, 2, NKV * HD, B, 1);
+    node(m, VELO_OP_SET_ROWS, kpool2, kr2, slots);
+    node(m, VELO_OP_SET_ROWS, vpool2, v, slots);
+    velo_tensor *kpool = view(m, kv->buf, k_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_slots);
+    velo_tensor *vpool = view(m, kv->buf, v_off, VELO_DTYPE_F32, 3, HD, NKV, kv->n_slots);
     velo_tensor *attn3 = view(m, S, m->off_attn, VELO_DTYPE_F32, 3, HD, NH, B);
-    velo_graph_node *n = node(m, VELO_OP_ATTENTION, attn3, qr, kcache);
-    n->src[2] = vcache;
-    n->src[3] = p;
-    n->fparams[0] = kq_scale;
+    velo_graph_node *an = node(m, VELO_OP_ATTENTION_PAGED, attn3, qr, kpool);
+    an->src[2] = vpool;
+    an->src[3] = table;
+    an->iparams[0] = b->block_size;
+    an->fparams[0] = kq_scale;
     velo_tensor *attn = view(m, S, m->off_attn, VELO_DTYPE_F32, 2, E, B, 1);
     velo_tensor *o = view(m, S, m->off_o, VELO_DTYPE_F32, 2, E, B, 1);
     node(m, VELO_OP_MUL_MAT, o, &L->wo, attn);
@@ -568,15 +661,49 @@ velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, i
     node(m, VELO_OP_MUL_MAT, d, &L->w_down, h);
     node(m, VELO_OP_ADD, x, x, d);
   }
-  /* Output: only the last token's logits are needed. */
-  velo_tensor *xl = view(m, S, m->off_x + (size_t)(B - 1) * (size_t)E * sizeof(float), VELO_DTYPE_F32, 2, E, 1, 1);
-  velo_tensor *outn = view(m, S, m->off_outn, VELO_DTYPE_F32, 2, E, 1, 1);
-  velo_tensor *lg = view(m, S, m->off_logits, VELO_DTYPE_F32, 2, hp->n_vocab, 1, 1);
-  node(m, VELO_OP_RMS_NORM, outn, xl, NULL)->fparams[0] = hp->rms_eps;
-  node(m, VELO_OP_MUL, outn, outn, &m->out_norm);
-  node(m, VELO_OP_MUL_MAT, lg, &m->output, outn);
+  if (b->n_out > 0) {
+    /* Output: only the rows whose logits are wanted. */
+    int64_t R = b->n_out;
+    velo_tensor *rows = view(m, S, m->off_rows, VELO_DTYPE_I32, 1, R, 1, 1);
+    velo_tensor *xo = view(m, S, m->off_cur, VELO_DTYPE_F32, 2, E, R, 1);
+    velo_tensor *outn = view(m, S, m->off_outn, VELO_DTYPE_F32, 2, E, R, 1);
+    velo_tensor *lg = view(m, S, m->off_logits, VELO_DTYPE_F32, 2, hp->n_vocab, R, 1);
+    node(m, VELO_OP_GET_ROWS, xo, x, rows);
+    node(m, VELO_OP_RMS_NORM, outn, xo, NULL)->fparams[0] = hp->rms_eps;
+    node(m, VELO_OP_MUL, outn, outn, &m->out_norm);
+    node(m, VELO_OP_MUL_MAT, lg, &m->output, outn);
+  }
 
   velo_graph g = {.struct_size = sizeof g, .n_nodes = m->n_nodes, .nodes = m->nodes};
   if ((st = m->be->compute(m->inst, &g, err)) != VELO_OK) return st;
-  return m->be->buffer_read(m->inst, S, m->off_logits, logits, (size_t)hp->n_vocab * sizeof(float), err);
+  if (b->n_out == 0) return VELO_OK;
+  return m->be->buffer_read(m->inst, S, m->off_logits, logits,
+                            (size_t)b->n_out * (size_t)hp->n_vocab * sizeof(float), err);
+}
+
+velo_status llama_forward(llama_model *m, llama_kv *kv, const int32_t *tokens, int32_t n_tok,
+                          int64_t pos0, float *logits, velo_error *err) {
+  if (n_tok < 1 || n_tok > m->max_batch)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "batch of %d tokens; allowed 1..%d", n_tok,
+                          m->max_batch);
+  int64_t n_ctx = kv->pool->n_slots;
+  if (pos0 < 0 || pos0 + n_tok > n_ctx)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "positions %lld..%lld do not fit the KV cache of %lld",
+                          (long long)pos0, (long long)(pos0 + n_tok - 1), (long long)n_ctx);
+  int32_t *buf = malloc((size_t)n_tok * 5 * sizeof(int32_t));
+  if (!buf) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  int32_t *pos = buf, *attn = buf + n_tok; /* attn: n_tok x (pos, block 0) */
+  for (int32_t i = 0; i < n_tok; i++) {
+    pos[i] = (int32_t)(pos0 + i);
+    attn[2 * i] = pos[i];
+    attn[2 * i + 1] = 0;
+  }
+  int32_t last = n_tok - 1;
+  /* One block of n_ctx slots: position p is slot p. */
+  llama_batch b = {.n_tok = n_tok, .tokens = tokens, .pos = pos, .slot = pos, .attn = attn,
+                   .attn_width = 2, .block_size = (int32_t)n_ctx, .n_out = 1, .out_rows = &last};
+  velo_status st = llama_decode(m, kv->pool, &b, logits, err);
+  free(buf);
+  return st;
 }

@@ -39,7 +39,7 @@ void textgen_params_clear(textgen_params *p);
 /* Model config parameters (velo_model_config.params) and their limits. */
 #define TEXTGEN_DEFAULT_MAX_QUEUE 64   /* requests waiting for admission */
 #define TEXTGEN_MAX_MAX_QUEUE 1000000
-#define TEXTGEN_DEFAULT_MAX_ACTIVE 8   /* sequences running at once */
+#define TEXTGEN_DEFAULT_MAX_ACTIVE 16  /* sequences batched at once */
 #define TEXTGEN_MAX_MAX_ACTIVE 256
 
 typedef struct textgen_model_params {

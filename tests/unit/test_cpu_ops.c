@@ -11,11 +11,23 @@
  *  - 1, 2 and 3 threads, and the portable and AVX2 kernels, give
  *    bit-identical results;
  *  - invalid graphs return UNIMPLEMENTED / INVALID_ARGUMENT naming the node
- *    instead of crashing.
+ *    instead of crashing;
+ *  - SET_ROWS (F32 and F16 dst, strided, repeated ids) against a direct
+ *    loop, bit for bit;
+ *  - ATTENTION_PAGED bit-identical to ATTENTION on the same logical K/V:
+ *    shuffled physical blocks of 1, 3, 16 (and 64) slots, GQA 8/2, F32 and
+ *    F16 pools, tokens of three sequences mixed in one node;
+ *  - batch invariance: a MUL_MAT column (F32, F16, Q8_0, Q4_0 weights) and
+ *    an ATTENTION_PAGED query give the same bits alone and in a batch, and
+ *    device_info reports batch_invariant;
+ *  - the bad nodes and data of SET_ROWS and ATTENTION_PAGED (dtypes,
+ *    shapes, parameters, ids, positions, block tables, overlaps) return the
+ *    right code and write nothing.
  *
  * Prints "cpu: N checks passed"; exits non-zero on any failure.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -636,11 +648,14 @@ static void test_attention(void) {
 
 /* Computes the graph and checks the status and that the message names
  * "node <index> (<OP>)". */
+static char g_last_message[VELO_ERROR_MESSAGE_MAX]; /* expect_fail's last message */
+
 static void expect_fail(velo_graph_node *nodes, size_t n, velo_status want, size_t index,
                         const char *what) {
   velo_error err;
   velo_error_init(&err);
   velo_status st = run_on(g_inst[1], nodes, n, &err);
+  snprintf(g_last_message, sizeof g_last_message, "%s", err.message);
   CHECK(st == want, "%s: got %s, want %s (%s)", what, velo_status_name(st),
         velo_status_name(want), err.message);
   char tag[64];
@@ -796,6 +811,467 @@ static void test_invalid(void) {
   CHECK(!B->supports(inst, NULL), "supports(NULL)");
 }
 
+/* ------------------------------------------------------------------ */
+/* SET_ROWS, ATTENTION_PAGED and batch invariance                       */
+/* ------------------------------------------------------------------ */
+
+/* A random permutation of 0..n-1 into p (Fisher-Yates on check_rnd). */
+static void shuffle_ids(int32_t *p, int64_t n) {
+  for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = (int64_t)(check_rnd() % (uint64_t)(i + 1));
+    int32_t tmp = p[i];
+    p[i] = p[j];
+    p[j] = tmp;
+  }
+}
+
+/* One SET_ROWS case: src0 F32 [row_len, r1, r2] (r1*r2 rows), dst of dtype
+ * [row_len, n_dst] (a view with gap spare floats after each row when gap >
+ * 0), ids a random injection into [0, n_dst) (with the last id equal to the
+ * first when dup).  The expected bytes come from a direct loop over the
+ * rows in order (so with a repeated id the last row wins, which the CPU
+ * backend documents); every instance must give exactly them, and bytes
+ * outside the rows named stay as they were. */
+static void set_rows_case(velo_dtype dt, int64_t row_len, int64_t r1, int64_t r2, int64_t n_dst,
+                          int64_t gap, bool dup) {
+  const int64_t T = r1 * r2;
+  char what[128];
+  snprintf(what, sizeof what, "SET_ROWS %s row_len=%lld rows=%lldx%lld n_dst=%lld%s%s",
+           velo_dtype_name(dt), (long long)row_len, (long long)r1, (long long)r2,
+           (long long)n_dst, gap ? " strided dst" : "", dup ? " repeated id" : "");
+  velo_tensor *src = new_tensor(VELO_DTYPE_F32, row_len, r1, r2, 1);
+  fill_f32(src, 3.0f);
+  int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_dst);
+  shuffle_ids(perm, n_dst);
+  if (dup) perm[T - 1] = perm[0];
+  velo_tensor *ids = new_tensor(VELO_DTYPE_I32, T, 1, 1, 1);
+  fill_i32(ids, perm);
+  const size_t esz = velo_dtype_row_bytes(dt, 1);
+  velo_tensor *base = new_tensor(dt, row_len + gap, n_dst, 1, 1), *dst = base;
+  if (gap) {
+    int64_t ne[4] = {row_len, n_dst, 1, 1};
+    dst = new_view(base, dt, ne, base->nb, 0);
+  }
+  /* expected: the initial bytes (random, so a stray write shows), then the
+   * rows written in order */
+  for (size_t i = 0; i < tsize(base); i++) ((unsigned char *)base->data)[i] = (unsigned char)check_rnd();
+  unsigned char *init = malloc(tsize(base)), *want = malloc(tsize(base));
+  memcpy(init, base->data, tsize(base));
+  memcpy(want, init, tsize(base));
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t i = 0; i < row_len; i++) {
+      unsigned char *e = want + (size_t)perm[t] * dst->nb[1] + (size_t)i * esz;
+      float x = f32(src, i, t % r1, t / r1, 0);
+      if (dt == VELO_DTYPE_F16) {
+        uint16_t h = velo_fp32_to_fp16(x);
+        memcpy(e, &h, sizeof h);
+      } else {
+        memcpy(e, &x, sizeof x);
+      }
+    }
+  velo_graph_node n = mknode(VELO_OP_SET_ROWS, dst, src, ids, NULL, NULL);
+  CHECK(B->supports(g_inst[0], &n), "%s: supports() is false", what);
+  for (int k = 0; k < N_INST; k++) {
+    if (!g_inst[k]) continue;
+    memcpy(base->data, init, tsize(base));
+    velo_error err;
+    velo_error_init(&err);
+    velo_status st = run_on(g_inst[k], &n, 1, &err);
+    CHECK(st == VELO_OK, "%s: instance %d: %s", what, k, err.message);
+    CHECK(memcmp(base->data, want, tsize(base)) == 0,
+          "%s: instance %d (%d threads, %s kernels) differs from the direct loop", what, k,
+          velo_cpu_pool_size(g_inst[k]->pool), g_inst[k]->vec->name);
+  }
+  free(init);
+  free(want);
+  free(perm);
+}
+
+static void test_set_rows(void) {
+  for (int f16 = 0; f16 <= 1; f16++) {
+    velo_dtype dt = f16 ? VELO_DTYPE_F16 : VELO_DTYPE_F32;
+    set_rows_case(dt, 128, 5, 1, 16, 0, false);   /* decode: a few tokens */
+    set_rows_case(dt, 64, 3, 4, 20, 0, false);    /* trailing dims flattened to rows */
+    set_rows_case(dt, 36, 7, 1, 9, 12, false);    /* strided dst, odd row length */
+    set_rows_case(dt, 512, 200, 1, 300, 0, false); /* enough work for 2 and 3 threads */
+    set_rows_case(dt, 512, 200, 1, 300, 0, true);  /* a repeated id: one thread, last wins */
+    free_tensors();
+  }
+}
+
+enum { PG_H = 8, PG_HKV = 2, PG_N_SEQ = 3, PG_T = 9 };
+
+/* Fills a K/V tensor (F32 or F16, contiguous) with random values. */
+static void fill_kv(velo_tensor *t) {
+  size_t n = (size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+  for (size_t i = 0; i < n; i++) {
+    if (t->dtype == VELO_DTYPE_F16)
+      ((uint16_t *)t->data)[i] = velo_fp32_to_fp16(rndf());
+    else
+      ((float *)t->data)[i] = rndf();
+  }
+}
+
+/* ATTENTION_PAGED against ATTENTION: three sequences with their own
+ * contiguous K/V caches; the same contents copied into a pool of shuffled
+ * physical blocks of bs slots (the other slots hold random data); one paged
+ * node for nine tokens of the three sequences mixed.  Each token's output
+ * must equal, bit for bit, contiguous ATTENTION of that token over its
+ * sequence's cache, and the paged node of that token alone (batch
+ * invariance), on the 1- and the 3-thread instance. */
+static void paged_case(int64_t D, int64_t bs, velo_dtype dt) {
+  static const int64_t seq_len[PG_N_SEQ] = {37, 20, 50};
+  static const int tok_seq[PG_T] = {0, 1, 2, 1, 0, 2, 2, 1, 0};
+  static const int32_t tok_pos[PG_T] = {36, 5, 49, 19, 0, 17, 48, 0, 15};
+  char what[96];
+  snprintf(what, sizeof what, "ATTENTION_PAGED D=%lld bs=%lld %s", (long long)D, (long long)bs,
+           velo_dtype_name(dt));
+  /* logical caches and block assignment */
+  velo_tensor *Kc[PG_N_SEQ], *Vc[PG_N_SEQ];
+  int64_t n_blk[PG_N_SEQ], used = 0, max_blk = 0;
+  for (int s = 0; s < PG_N_SEQ; s++) {
+    Kc[s] = new_tensor(dt, D, PG_HKV, seq_len[s], 1);
+    Vc[s] = new_tensor(dt, D, PG_HKV, seq_len[s], 1);
+    fill_kv(Kc[s]);
+    fill_kv(Vc[s]);
+    n_blk[s] = (seq_len[s] + bs - 1) / bs;
+    used += n_blk[s];
+    max_blk = n_blk[s] > max_blk ? n_blk[s] : max_blk;
+  }
+  const int64_t n_pool_blk = used + 3, n_slots = n_pool_blk * bs;
+  int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_pool_blk);
+  shuffle_ids(perm, n_pool_blk);
+  int32_t *blocks[PG_N_SEQ];
+  for (int s = 0, next = 0; s < PG_N_SEQ; s++) {
+    blocks[s] = perm + next;
+    next += (int)n_blk[s];
+  }
+  velo_tensor *Kp = new_tensor(dt, D, PG_HKV, n_slots, 1), *Vp = new_tensor(dt, D, PG_HKV, n_slots, 1);
+  fill_kv(Kp);
+  fill_kv(Vp);
+  for (int s = 0; s < PG_N_SEQ; s++)
+    for (int64_t p = 0; p < seq_len[s]; p++) {
+      int64_t slot = (int64_t)blocks[s][p / bs] * bs + p % bs;
+      memcpy((char *)Kp->data + (size_t)slot * Kp->nb[2], (char *)Kc[s]->data + (size_t)p * Kc[s]->nb[2], Kp->nb[2]);
+      memcpy((char *)Vp->data + (size_t)slot * Vp->nb[2], (char *)Vc[s]->data + (size_t)p * Vc[s]->nb[2], Vp->nb[2]);
+    }
+  /* the table: unused entries hold ids far outside the pool, which must be
+   * ignored */
+  const int64_t W = max_blk + 3;
+  velo_tensor *tab = new_tensor(VELO_DTYPE_I32, W, PG_T, 1, 1);
+  for (int t = 0; t < PG_T; t++) {
+    int32_t *col = (int32_t *)at(tab, 0, t, 0, 0);
+    col[0] = tok_pos[t];
+    for (int64_t i = 0; i < W - 1; i++)
+      col[1 + i] = i < n_blk[tok_seq[t]] ? blocks[tok_seq[t]][i] : (i % 2 ? -7 : INT32_MAX);
+  }
+  velo_tensor *q = new_tensor(VELO_DTYPE_F32, D, PG_H, PG_T, 1);
+  fill_f32(q, 1.0f);
+  velo_tensor *o = new_tensor(VELO_DTYPE_F32, D, PG_H, PG_T, 1);
+  const float scale = 1.0f / sqrtf((float)D);
+  velo_graph_node n = mknode(VELO_OP_ATTENTION_PAGED, o, q, Kp, Vp, tab);
+  n.iparams[0] = (int32_t)bs;
+  n.fparams[0] = scale;
+  CHECK(B->supports(g_inst[0], &n), "%s: supports() is false", what);
+  if (!run(&n, what)) {
+    free(perm);
+    return;
+  }
+  same_everywhere(&n, what);
+
+  /* per token: contiguous ATTENTION, and the paged node alone */
+  velo_tensor *p1 = new_tensor(VELO_DTYPE_I32, 1, 1, 1, 1);
+  velo_tensor *o1 = new_tensor(VELO_DTYPE_F32, D, PG_H, 1, 1);
+  const size_t out_bytes = (size_t)(D * PG_H) * sizeof(float);
+  int bad_contig = 0, bad_alone = 0;
+  for (int t = 0; t < PG_T; t++) {
+    int64_t qne[4] = {D, PG_H, 1, 1}, tne[4] = {W, 1, 1, 1};
+    velo_tensor *q1 = new_view(q, VELO_DTYPE_F32, qne, q->nb, (size_t)t * q->nb[2]);
+    velo_tensor *tab1 = new_view(tab, VELO_DTYPE_I32, tne, tab->nb, (size_t)t * tab->nb[1]);
+    const void *batch_out = at(o, 0, 0, t, 0);
+    fill_i32(p1, &tok_pos[t]);
+    velo_graph_node c = mknode(VELO_OP_ATTENTION, o1, q1, Kc[tok_seq[t]], Vc[tok_seq[t]], p1);
+    c.fparams[0] = scale;
+    velo_graph_node a1 = mknode(VELO_OP_ATTENTION_PAGED, o1, q1, Kp, Vp, tab1);
+    a1.iparams[0] = (int32_t)bs;
+    a1.fparams[0] = scale;
+    for (int k = 0; k < 3; k += 2) { /* 1 and 3 threads */
+      velo_error err;
+      velo_error_init(&err);
+      memset(o1->data, 0x5a, tsize(o1));
+      CHECK(run_on(g_inst[k], &c, 1, &err) == VELO_OK, "%s: ATTENTION: %s", what, err.message);
+      bad_contig += memcmp(o1->data, batch_out, out_bytes) != 0;
+      memset(o1->data, 0x5a, tsize(o1));
+      CHECK(run_on(g_inst[k], &a1, 1, &err) == VELO_OK, "%s alone: %s", what, err.message);
+      bad_alone += memcmp(o1->data, batch_out, out_bytes) != 0;
+    }
+  }
+  CHECK(bad_contig == 0, "%s: %d token outputs differ from contiguous ATTENTION", what,
+        bad_contig);
+  CHECK(bad_alone == 0, "%s: %d token outputs differ alone and in the batch", what, bad_alone);
+  free(perm);
+}
+
+static void test_attention_paged(void) {
+  static const int64_t block_sizes[] = {1, 3, 16};
+  for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; b++)
+    for (int f16 = 0; f16 <= 1; f16++) {
+      paged_case(64, block_sizes[b], f16 ? VELO_DTYPE_F16 : VELO_DTYPE_F32);
+      free_tensors();
+    }
+  paged_case(20, 3, VELO_DTYPE_F16); /* head_dim not a multiple of 8 */
+  paged_case(20, 64, VELO_DTYPE_F32); /* every sequence in one block */
+  free_tensors();
+}
+
+/* MUL_MAT batch invariance: for every weight dtype, each column of a batch
+ * of M columns (M = 2, 7, 37, 64, 100) equals, bit for bit, the product of
+ * that column alone (M = 1).  The batch is big enough to run on 3 threads;
+ * the column alone runs on 1 (the thread count follows the work). */
+static void test_mul_mat_batch_invariance(void) {
+  static const velo_dtype dts[] = {VELO_DTYPE_F32, VELO_DTYPE_F16, VELO_DTYPE_Q8_0,
+                                   VELO_DTYPE_Q4_0};
+  static const int64_t Ms[] = {2, 7, 37, 64, 100};
+  enum { K = 256, N = 70 };
+  for (size_t k = 0; k < 4; k++) {
+    velo_tensor *w = new_tensor(dts[k], K, N, 1, 1);
+    static float wf[K * N];
+    fill_weights(w, wf);
+    velo_tensor *x1 = new_tensor(VELO_DTYPE_F32, K, 1, 1, 1);
+    velo_tensor *o1 = new_tensor(VELO_DTYPE_F32, N, 1, 1, 1);
+    velo_graph_node one = mknode(VELO_OP_MUL_MAT, o1, w, x1, NULL, NULL);
+    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+      const int64_t M = Ms[mi];
+      velo_tensor *x = new_tensor(VELO_DTYPE_F32, K, M, 1, 1);
+      velo_tensor *o = new_tensor(VELO_DTYPE_F32, N, M, 1, 1);
+      fill_f32(x, 2.0f);
+      velo_graph_node batch = mknode(VELO_OP_MUL_MAT, o, w, x, NULL, NULL);
+      velo_error err;
+      velo_error_init(&err);
+      CHECK(run_on(g_inst[2], &batch, 1, &err) == VELO_OK, "MUL_MAT batch: %s", err.message);
+      int bad = 0;
+      for (int64_t m = 0; m < M; m++) {
+        memcpy(x1->data, at(x, 0, m, 0, 0), sizeof(float) * K);
+        for (int inst = 0; inst < 3; inst += 2) {
+          memset(o1->data, 0x5a, tsize(o1));
+          CHECK(run_on(g_inst[inst], &one, 1, &err) == VELO_OK, "MUL_MAT one: %s", err.message);
+          bad += memcmp(o1->data, at(o, 0, m, 0, 0), sizeof(float) * N) != 0;
+        }
+      }
+      CHECK(bad == 0, "MUL_MAT %s M=%lld: %d columns differ alone and in the batch",
+            velo_dtype_name(dts[k]), (long long)M, bad);
+    }
+    free_tensors();
+  }
+}
+
+/* device_info says batch_invariant = true, and still accepts an ABI 1.0
+ * struct (without the member), leaving the bytes past it alone. */
+static void test_device_info(void) {
+  velo_device_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  velo_error err;
+  velo_error_init(&err);
+  CHECK(B->device_info(0, &info, &err) == VELO_OK, "device_info: %s", err.message);
+  CHECK(info.batch_invariant, "batch_invariant is false");
+  memset(&info, 0xa5, sizeof info);
+  info.struct_size = (uint32_t)offsetof(velo_device_info, batch_invariant);
+  CHECK(B->device_info(0, &info, &err) == VELO_OK, "device_info (ABI 1.0 size): %s", err.message);
+  unsigned char after;
+  memcpy(&after, &info.batch_invariant, 1);
+  CHECK(after == 0xa5, "device_info wrote batch_invariant past an ABI 1.0 struct_size");
+  info.struct_size = (uint32_t)offsetof(velo_device_info, batch_invariant) - 1;
+  CHECK(B->device_info(0, &info, NULL) == VELO_INVALID_ARGUMENT, "struct smaller than ABI 1.0");
+}
+
+/* SET_ROWS and ATTENTION_PAGED refuse bad nodes and bad data with the right
+ * code, naming the node, and write nothing when they do. */
+static void test_invalid_new_ops(void) {
+  velo_backend_instance *inst = g_inst[1];
+  /* SET_ROWS: src0 [32, 3], ids [3], dst [32, 8] */
+  velo_tensor *src = new_tensor(VELO_DTYPE_F32, 32, 3, 1, 1);
+  fill_f32(src, 1.0f);
+  velo_tensor *ids = new_tensor(VELO_DTYPE_I32, 3, 1, 1, 1);
+  fill_i32(ids, (const int32_t[]){4, 0, 7});
+  velo_tensor *dst = new_tensor(VELO_DTYPE_F16, 32, 8, 1, 1);
+  velo_graph_node n = mknode(VELO_OP_SET_ROWS, dst, src, ids, NULL, NULL);
+  CHECK(B->supports(inst, &n), "supports(SET_ROWS)");
+  velo_tensor *src16 = new_tensor(VELO_DTYPE_F16, 32, 3, 1, 1);
+  n = mknode(VELO_OP_SET_ROWS, dst, src16, ids, NULL, NULL);
+  CHECK(!B->supports(inst, &n), "supports(SET_ROWS from F16)");
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "SET_ROWS src0 F16");
+  velo_tensor *dq8 = new_tensor(VELO_DTYPE_Q8_0, 32, 8, 1, 1);
+  n = mknode(VELO_OP_SET_ROWS, dq8, src, ids, NULL, NULL);
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "SET_ROWS dst Q8_0");
+  velo_tensor *fids = new_tensor(VELO_DTYPE_F32, 3, 1, 1, 1);
+  n = mknode(VELO_OP_SET_ROWS, dst, src, fids, NULL, NULL);
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "SET_ROWS F32 ids");
+  velo_tensor *d3 = new_tensor(VELO_DTYPE_F32, 32, 4, 2, 1);
+  n = mknode(VELO_OP_SET_ROWS, d3, src, ids, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS 3-D dst");
+  velo_tensor *d48 = new_tensor(VELO_DTYPE_F32, 48, 8, 1, 1);
+  n = mknode(VELO_OP_SET_ROWS, d48, src, ids, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS row length");
+  velo_tensor *ids2 = new_tensor(VELO_DTYPE_I32, 2, 1, 1, 1);
+  fill_i32(ids2, (const int32_t[]){0, 1});
+  n = mknode(VELO_OP_SET_ROWS, dst, src, ids2, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS id count");
+  n = mknode(VELO_OP_SET_ROWS, dst, src, NULL, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS without ids");
+  /* ids out of range, as node 1 of 2: dst untouched */
+  memset(dst->data, 0x77, tsize(dst));
+  velo_tensor *y = new_tensor(VELO_DTYPE_F32, 32, 3, 1, 1);
+  velo_graph_node two[2] = {mknode(VELO_OP_RMS_NORM, y, src, NULL, NULL, NULL),
+                            mknode(VELO_OP_SET_ROWS, dst, src, ids, NULL, NULL)};
+  two[0].fparams[0] = 1e-6f;
+  static const int32_t bad_ids[][3] = {{4, 8, 0}, {-1, 0, 1}, {1, 2, INT32_MIN}};
+  for (int i = 0; i < 3; i++) {
+    fill_i32(ids, bad_ids[i]);
+    expect_fail(two, 2, VELO_INVALID_ARGUMENT, 1, "SET_ROWS id out of range");
+  }
+  int touched = 0;
+  for (size_t i = 0; i < tsize(dst); i++) touched += ((unsigned char *)dst->data)[i] != 0x77;
+  CHECK(touched == 0, "SET_ROWS wrote %d bytes despite a bad id", touched);
+  /* dst overlapping src0 or the ids */
+  fill_i32(ids, (const int32_t[]){0, 1, 2});
+  velo_tensor *big = new_tensor(VELO_DTYPE_F32, 32, 8, 1, 1);
+  fill_f32(big, 1.0f);
+  int64_t sne[4] = {32, 3, 1, 1};
+  velo_tensor *inside = new_view(big, VELO_DTYPE_F32, sne, big->nb, 2 * big->nb[1]);
+  n = mknode(VELO_OP_SET_ROWS, big, inside, ids, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS dst overlaps src0");
+  CHECK(strstr(g_last_message, "overlaps src0") != NULL, "message: %s", g_last_message);
+  int64_t ine[4] = {3, 1, 1, 1};
+  size_t inb[4] = {4, 12, 12, 12};
+  velo_tensor *ids_in = new_view(big, VELO_DTYPE_I32, ine, inb, 7 * big->nb[1]);
+  fill_i32(ids_in, (const int32_t[]){0, 1, 2});
+  n = mknode(VELO_OP_SET_ROWS, big, src, ids_in, NULL, NULL);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "SET_ROWS dst overlaps the ids");
+
+  /* ATTENTION_PAGED: q [16, 4, 2], pools [16, 2, 10], bs 4, W 4 */
+  velo_tensor *q = new_tensor(VELO_DTYPE_F32, 16, 4, 2, 1);
+  fill_f32(q, 1.0f);
+  velo_tensor *kp = new_tensor(VELO_DTYPE_F16, 16, 2, 10, 1), *vp = new_tensor(VELO_DTYPE_F16, 16, 2, 10, 1);
+  fill_kv(kp);
+  fill_kv(vp);
+  velo_tensor *tab = new_tensor(VELO_DTYPE_I32, 4, 2, 1, 1);
+  velo_tensor *o = new_tensor(VELO_DTYPE_F32, 16, 4, 2, 1);
+#define PAGED(dst_, q_, k_, v_, tab_, bs_)                              \
+  do {                                                                   \
+    n = mknode(VELO_OP_ATTENTION_PAGED, dst_, q_, k_, v_, tab_);         \
+    n.iparams[0] = bs_;                                                  \
+    n.fparams[0] = 0.25f;                                                \
+  } while (0)
+  /* a valid node first, at the limits: token 0 at position 11, the last
+   * one W - 1 = 3 blocks of 4 hold (blocks 1, 0, 1: a block may repeat);
+   * token 1 at position 5, its second block 2 (slots 8..11 of a pool of
+   * 10) used up to offset 1, slot 9; the unused entry 99 is ignored */
+  static const int32_t good[8] = {11, 1, 0, 1, 5, 1, 2, 99};
+  memcpy(at(tab, 0, 1, 0, 0), good + 4, 16);
+  memcpy(at(tab, 0, 0, 0, 0), good, 16);
+  PAGED(o, q, kp, vp, tab, 4);
+  CHECK(B->supports(inst, &n), "supports(ATTENTION_PAGED)");
+  velo_error err;
+  velo_error_init(&err);
+  CHECK(run_on(inst, &n, 1, &err) == VELO_OK, "ATTENTION_PAGED at the limits: %s", err.message);
+
+  velo_tensor *q16 = new_tensor(VELO_DTYPE_F16, 16, 4, 2, 1);
+  PAGED(o, q16, kp, vp, tab, 4);
+  CHECK(!B->supports(inst, &n), "supports(ATTENTION_PAGED F16 q)");
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "ATTENTION_PAGED F16 q");
+  velo_tensor *kq8 = new_tensor(VELO_DTYPE_Q8_0, 32, 2, 10, 1);
+  velo_tensor *q32 = new_tensor(VELO_DTYPE_F32, 32, 4, 2, 1), *o32 = new_tensor(VELO_DTYPE_F32, 32, 4, 2, 1);
+  PAGED(o32, q32, kq8, kq8, tab, 4);
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "ATTENTION_PAGED Q8_0 pool");
+  velo_tensor *ftab = new_tensor(VELO_DTYPE_F32, 4, 2, 1, 1);
+  PAGED(o, q, kp, vp, ftab, 4);
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "ATTENTION_PAGED F32 table");
+  velo_tensor *vp32 = new_tensor(VELO_DTYPE_F32, 16, 2, 10, 1);
+  PAGED(o, q, kp, vp32, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED K F16, V F32");
+  velo_tensor *vp9 = new_tensor(VELO_DTYPE_F16, 16, 2, 9, 1);
+  PAGED(o, q, kp, vp9, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED K and V slots differ");
+  velo_tensor *kp3 = new_tensor(VELO_DTYPE_F16, 16, 3, 10, 1);
+  PAGED(o, q, kp3, kp3, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED GQA ratio");
+  velo_tensor *k4d = new_tensor(VELO_DTYPE_F16, 16, 2, 5, 2);
+  PAGED(o, q, k4d, k4d, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED 4-D pool");
+  velo_tensor *k8 = new_tensor(VELO_DTYPE_F16, 8, 2, 10, 1);
+  PAGED(o, q, k8, k8, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED head_dim");
+  velo_tensor *o1 = new_tensor(VELO_DTYPE_F32, 16, 4, 1, 1);
+  PAGED(o1, q, kp, vp, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED dst shape");
+  velo_tensor *tab3 = new_tensor(VELO_DTYPE_I32, 4, 3, 1, 1);
+  PAGED(o, q, kp, vp, tab3, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED table columns");
+  velo_tensor *tab3d = new_tensor(VELO_DTYPE_I32, 4, 2, 2, 1);
+  PAGED(o, q, kp, vp, tab3d, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED 3-D table");
+  velo_tensor *tabw1 = new_tensor(VELO_DTYPE_I32, 1, 2, 1, 1);
+  PAGED(o, q, kp, vp, tabw1, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED W = 1");
+  PAGED(o, q, kp, vp, tab, 0);
+  CHECK(!B->supports(inst, &n), "supports(ATTENTION_PAGED bs 0)");
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED bs 0");
+  PAGED(o, q, kp, vp, tab, -4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED bs -4");
+  PAGED(o, q, kp, vp, tab, 4);
+  n.fparams[0] = NAN;
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED NaN scale");
+
+  /* bad tables, as node 1 of 2 (node 0 runs): dst untouched */
+  static const struct {
+    int32_t col1[4];
+    const char *what, *msg;
+  } bad_tabs[] = {
+      {{-1, 1, 0, 0}, "position -1", "negative"},
+      {{12, 1, 0, 2}, "position 12 needs a 4th block (W = 4)", "needs 4 blocks"},
+      {{INT32_MAX, 1, 0, 2}, "position INT32_MAX", "needs"},
+      {{5, 1, -1, 0}, "block id -1", "outside the pool"},
+      {{6, 0, 2, 0}, "last block past the pool (slot 10)", "outside the pool"},
+      {{3, 3, 0, 0}, "first block past the pool (slots 12..15)", "outside the pool"},
+      {{5, 2, 1, 0}, "a full block 2 (slots 8..11 of 10)", "outside the pool"},
+      {{1, INT32_MAX, 0, 0}, "block id INT32_MAX", "outside the pool"},
+  };
+  velo_graph_node pair[2] = {mknode(VELO_OP_RMS_NORM, y, src, NULL, NULL, NULL),
+                             mknode(VELO_OP_ATTENTION_PAGED, o, q, kp, vp, tab)};
+  pair[0].fparams[0] = 1e-6f;
+  pair[1].iparams[0] = 4;
+  pair[1].fparams[0] = 0.25f;
+  for (size_t i = 0; i < sizeof bad_tabs / sizeof bad_tabs[0]; i++) {
+    memcpy(at(tab, 0, 0, 0, 0), good, 16);
+    memcpy(at(tab, 0, 1, 0, 0), bad_tabs[i].col1, 16);
+    memset(o->data, 0x77, tsize(o));
+    char what[128];
+    snprintf(what, sizeof what, "ATTENTION_PAGED %s", bad_tabs[i].what);
+    CHECK(B->supports(inst, &pair[1]), "%s: supports() looks at data", what);
+    expect_fail(pair, 2, VELO_INVALID_ARGUMENT, 1, what);
+    CHECK(strstr(g_last_message, "token 1") && strstr(g_last_message, bad_tabs[i].msg),
+          "%s: message \"%s\" lacks \"token 1\" or \"%s\"", what, g_last_message, bad_tabs[i].msg);
+    touched = 0;
+    for (size_t b = 0; b < tsize(o); b++) touched += ((unsigned char *)o->data)[b] != 0x77;
+    CHECK(touched == 0, "%s: dst written (%d bytes)", what, touched);
+  }
+  memcpy(at(tab, 0, 1, 0, 0), good + 4, 16);
+  /* dst overlapping q or the table */
+  PAGED(q, q, kp, vp, tab, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED dst == q");
+  velo_tensor *both = new_tensor(VELO_DTYPE_F32, 16 * 4 * 2 + 8, 1, 1, 1);
+  int64_t one_ne[4] = {16, 4, 2, 1}, tne[4] = {4, 2, 1, 1};
+  size_t onb[4] = {4, 64, 256, 512}, tnb[4] = {4, 16, 32, 32};
+  velo_tensor *ov = new_view(both, VELO_DTYPE_F32, one_ne, onb, 0);
+  velo_tensor *tv = new_view(both, VELO_DTYPE_I32, tne, tnb, 512 - 16);
+  memcpy(tv->data, good, sizeof good);
+  PAGED(ov, q, kp, vp, tv, 4);
+  expect_fail(&n, 1, VELO_INVALID_ARGUMENT, 0, "ATTENTION_PAGED dst overlaps the table");
+  CHECK(strstr(g_last_message, "overlaps src3") != NULL, "message: %s", g_last_message);
+#undef PAGED
+}
 int main(void) {
   check_rng_state = 0x0123456789abcdefull;
   B = velo_cpu_backend_iface();
@@ -827,6 +1303,12 @@ int main(void) {
   test_cpy();
   test_attention();
   test_invalid();
+  free_tensors();
+  test_set_rows();
+  test_attention_paged();
+  test_mul_mat_batch_invariance();
+  test_device_info();
+  test_invalid_new_ops();
   free_tensors();
 
   for (int k = 0; k < N_INST; k++) B->close(g_inst[k]);

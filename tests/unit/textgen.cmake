@@ -20,3 +20,11 @@ add_test(NAME textgen_textstream COMMAND test_textstream ${VELO_SHARED_DIR})
 
 set_tests_properties(textgen_tokenizer textgen_sampling textgen_textstream
                      PROPERTIES TIMEOUT 120 LABELS textgen)
+
+# The paged KV cache bookkeeping (plugins/textgen/kvpool.c).
+add_executable(test_kvpool ${CMAKE_CURRENT_LIST_DIR}/test_kvpool.c
+               ${CMAKE_SOURCE_DIR}/plugins/textgen/kvpool.c)
+target_include_directories(test_kvpool PRIVATE ${CMAKE_SOURCE_DIR}/plugins/textgen
+                           ${CMAKE_SOURCE_DIR}/sdk/include)
+add_test(NAME textgen_kvpool COMMAND test_kvpool)
+set_tests_properties(textgen_kvpool PROPERTIES TIMEOUT 60 LABELS textgen)

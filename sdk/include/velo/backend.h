@@ -86,6 +86,32 @@ typedef enum velo_op {
    * Query head h reads KV head h / (n_head / n_head_kv).
    * dst: F32 [head_dim, n_head, n_tok]. */
   VELO_OP_ATTENTION = 9,
+  /* Scatter rows (ABI 1.1): dst row ids[t] = src0 row t, converted to
+   * dst's dtype (F32 or F16, round-half-even).  Used to write new K/V
+   * into the slots of a paged KV cache.
+   * src0: F32 [row_len, n_tok] (any trailing dims flattened to rows);
+   * src1: ids, I32 [n_tok]; dst: F32 or F16 [row_len, n_rows], 2-D.
+   * An id outside [0, n_rows) is INVALID_ARGUMENT.  Two equal ids in one
+   * node leave either row (callers never repeat an id). */
+  VELO_OP_SET_ROWS = 10,
+  /* Causal attention over a paged KV cache (ABI 1.1; the paging scheme of
+   * Kwon et al. 2023, "PagedAttention"), with grouped-query attention.
+   * Each query token carries its own position and block table, so one node
+   * serves a batch of tokens from many sequences.
+   * src0: q, F32 [head_dim, n_head, n_tok];
+   * src1: K pool [head_dim, n_head_kv, n_slots] (F32 or F16);
+   * src2: V pool, same shape and dtype as src1;
+   * src3: I32 [W, n_tok]; column t is (pos_t, b_0, b_1, ...): query t
+   *       attends the logical positions 0..pos_t of its sequence, and
+   *       logical position p is pool slot b_(p / bs) * bs + p % bs.
+   *       1 + pos_t / bs < W is required; unused entries are ignored.
+   * iparams[0] = bs, the block size in slots (>= 1);
+   * fparams[0] = scale applied to q.k (usually 1/sqrt(head_dim)).
+   * dst: F32 [head_dim, n_head, n_tok].
+   * A position < 0 or a slot outside [0, n_slots) is INVALID_ARGUMENT.
+   * The arithmetic per (token, head) must not depend on the other tokens
+   * of the node (see batch_invariant in velo_device_info). */
+  VELO_OP_ATTENTION_PAGED = 11,
   VELO_OP_COUNT
 } velo_op;
 
@@ -126,6 +152,12 @@ typedef struct velo_device_info {
   char description[256];  /* capability details: ISA variant, CC, ... */
   uint64_t memory_total;  /* bytes; 0 if unknown */
   uint64_t memory_free;   /* bytes; 0 if unknown */
+  /* ABI 1.1 (read only if struct_size covers it): true when every op's
+   * result for one token (a column of MUL_MAT, a query of ATTENTION and
+   * ATTENTION_PAGED, a row of the row-wise ops) is bit-identical whatever
+   * other tokens share the node, so greedy decoding gives the same tokens
+   * alone or batched.  A backend that cannot promise this says false. */
+  bool batch_invariant;
 } velo_device_info;
 
 /* Options for open().  Members added later are read only if struct_size

@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define VELO_ABI_MAJOR 1
-#define VELO_ABI_MINOR 0
+#define VELO_ABI_MINOR 1
 
 #define VELO_PLUGIN_ENTRY_SYMBOL "velo_plugin_entry"
 

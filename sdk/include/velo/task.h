@@ -56,7 +56,34 @@ typedef struct velo_model_config {
   int64_t context_length;      /* tokens per sequence; 0 = model default */
   size_t n_params;             /* extra configuration, task-specific */
   const velo_param *params;
+  /* ABI 1.1 (read only if struct_size covers them).  Size of the KV cache
+   * pool a model that keeps one (text generation) shares among all its
+   * sequences: kv_cache_tokens token slots, or, when that is 0,
+   * kv_cache_bytes bytes; both 0 = the task's default.  Tasks without a
+   * KV cache ignore them. */
+  int64_t kv_cache_tokens;
+  uint64_t kv_cache_bytes;
 } velo_model_config;
+
+/* One named counter of a loaded model (see VELO_STATS_EXTENSION). */
+typedef struct velo_stat {
+  const char *name; /* static string, lower_snake_case, e.g. "kv_blocks_used" */
+  int64_t value;
+} velo_stat;
+
+/* The statistics extension ("velo.stats.v1", ABI 1.1), offered through
+ * get_extension by models that keep counters (a serving engine's KV cache
+ * and batch).  The host shows them in velo.v1.Models/ListModels. */
+#define VELO_STATS_EXTENSION "velo.stats.v1"
+
+typedef struct velo_stats_ext {
+  uint32_t struct_size; /* sizeof(velo_stats_ext) */
+  /* Writes up to cap counters into out and returns how many the model has
+   * (call again with a larger cap if that is more than cap).  A consistent
+   * snapshot, taken between two engine steps.  Thread-safe; never blocks
+   * for long. */
+  size_t (*read)(velo_model *model, velo_stat *out, size_t cap);
+} velo_stats_ext;
 
 /* Describes one input or output of a model (for ModelMetadata). */
 typedef struct velo_io_desc {
