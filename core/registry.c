@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "size.h"
 #include "velo/text.h"
 
 #define SRC "models"
@@ -26,6 +27,7 @@ typedef struct entry {
   pthread_rwlock_t lock;  /* read: submit/tokenize; write: unload */
   velo_model *model;      /* NULL once unloaded (under the write lock) */
   atomic_bool unloading;
+  atomic_bool warned_counter_name; /* a bad counter name was logged once */
   const velo_backend_iface *backend;
   velo_backend_instance *backend_instance;
   struct entry *next;
@@ -38,6 +40,8 @@ struct velo_registry {
   entry *head;
   char **loading; /* names being loaded (so a second load of one is refused) */
   size_t n_loading;
+  int64_t kv_cache_tokens;  /* default KV cache size for specs that give none */
+  uint64_t kv_cache_bytes;
 };
 
 velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host, velo_registry **out,
@@ -137,6 +141,109 @@ velo_status velo_model_entry_tokenize(velo_model_entry *pub, const char *text, s
 out:
   pthread_rwlock_unlock(&e->lock);
   return st;
+}
+
+#define COUNTERS_MAX 1024
+#define COUNTER_NAME_MAX 64
+
+/* True if name is a counter name we pass on: 1..COUNTER_NAME_MAX bytes of
+ * [a-z0-9_.] (always valid UTF-8 on the wire). */
+static bool counter_name_ok(const char *name) {
+  size_t len = name ? strnlen(name, COUNTER_NAME_MAX + 1) : 0;
+  if (len == 0 || len > COUNTER_NAME_MAX) return false;
+  for (size_t i = 0; i < len; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
+/* Reads up to COUNTERS_MAX counters through ext into *raw (malloc'd),
+ * asking again with a larger array when the first one was too small.
+ * Returns the count read, or SIZE_MAX when out of memory. */
+static size_t read_counters(const velo_stats_ext *ext, velo_model *model, velo_stat **raw) {
+  size_t cap = 32, n = 0;
+  *raw = NULL;
+  for (int attempt = 0;; attempt++) {
+    velo_stat *grown = realloc(*raw, cap * sizeof *grown);
+    if (!grown) {
+      free(*raw);
+      *raw = NULL;
+      return SIZE_MAX;
+    }
+    *raw = grown;
+    memset(*raw, 0, cap * sizeof **raw);
+    n = ext->read(model, *raw, cap);
+    if (n <= cap) return n;
+    if (cap == COUNTERS_MAX || attempt == 2) return cap; /* more than we take: the first cap */
+    cap = n < COUNTERS_MAX ? n : COUNTERS_MAX; /* the count may grow meanwhile: ask again */
+  }
+}
+
+velo_status velo_model_entry_counters(velo_model_entry *pub, velo_model_counter **out, size_t *n,
+                                      velo_error *err) {
+  entry *e = (entry *)pub;
+  *out = NULL;
+  *n = 0;
+  if (atomic_load(&e->unloading) || pthread_rwlock_tryrdlock(&e->lock) != 0)
+    return velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
+  velo_status st = VELO_OK;
+  velo_stat *raw = NULL;
+  size_t n_raw = 0;
+  const velo_stats_ext *ext = NULL;
+  if (!e->model || atomic_load(&e->unloading)) {
+    st = velo_error_set(err, VELO_UNAVAILABLE, "model '%s' is being unloaded", pub->name);
+    goto out;
+  }
+  if (pub->task->get_extension) ext = pub->task->get_extension(e->model, VELO_STATS_EXTENSION);
+  if (!ext || ext->struct_size < sizeof *ext || !ext->read) goto out; /* keeps no counters */
+  n_raw = read_counters(ext, e->model, &raw);
+  if (n_raw == SIZE_MAX) {
+    st = velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  /* One block: the array, then the names (copied: ours after the lock). */
+  size_t n_ok = 0, name_bytes = 0;
+  for (size_t i = 0; i < n_raw; i++)
+    if (counter_name_ok(raw[i].name)) {
+      n_ok++;
+      name_bytes += strlen(raw[i].name) + 1;
+    } else if (!atomic_exchange(&e->warned_counter_name, true)) {
+      velo_log(VELO_LOG_WARN, SRC,
+               "model '%s': the task reports a counter whose name is not 1 to %d of [a-z0-9_.]: "
+               "left out (logged once)",
+               pub->name, COUNTER_NAME_MAX);
+    }
+  if (n_ok == 0) goto out;
+  velo_model_counter *arr = malloc(n_ok * sizeof *arr + name_bytes);
+  if (!arr) {
+    st = velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  char *names = (char *)(arr + n_ok);
+  size_t k = 0;
+  for (size_t i = 0; i < n_raw; i++) {
+    if (!counter_name_ok(raw[i].name)) continue;
+    size_t len = strlen(raw[i].name) + 1;
+    memcpy(names, raw[i].name, len);
+    arr[k].name = names;
+    arr[k].value = raw[i].value;
+    names += len;
+    k++;
+  }
+  *out = arr;
+  *n = n_ok;
+out:
+  pthread_rwlock_unlock(&e->lock);
+  free(raw);
+  return st;
+}
+
+void velo_registry_set_kv_cache_default(velo_registry *r, int64_t tokens, uint64_t bytes) {
+  pthread_mutex_lock(&r->lock);
+  r->kv_cache_tokens = tokens > 0 ? tokens : 0;
+  r->kv_cache_bytes = tokens > 0 ? 0 : bytes;
+  pthread_mutex_unlock(&r->lock);
 }
 
 void velo_registry_destroy(velo_registry *r) {
@@ -284,6 +391,7 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
   if (!e) return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
   atomic_init(&e->refs, 1);
   atomic_init(&e->unloading, false);
+  atomic_init(&e->warned_counter_name, false);
   pthread_rwlock_init(&e->lock, NULL);
   e->pub.name = spec->name && *spec->name ? strdup(spec->name) : default_name(path);
   e->pub.path = strdup(path);
@@ -291,6 +399,15 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
   e->pub.backend_name = strdup(velo_plugin_descriptor_of(bp)->name);
   e->pub.device = spec->device;
   e->pub.task = velo_plugin_descriptor_of(tp)->task;
+  if (spec->kv_cache_tokens > 0 || spec->kv_cache_bytes > 0) {
+    e->pub.kv_cache_tokens = spec->kv_cache_tokens > 0 ? spec->kv_cache_tokens : 0;
+    e->pub.kv_cache_bytes = spec->kv_cache_tokens > 0 ? 0 : spec->kv_cache_bytes;
+  } else {
+    pthread_mutex_lock(&r->lock);
+    e->pub.kv_cache_tokens = r->kv_cache_tokens;
+    e->pub.kv_cache_bytes = r->kv_cache_bytes;
+    pthread_mutex_unlock(&r->lock);
+  }
   e->backend = velo_plugin_descriptor_of(bp)->backend;
   if (!e->pub.name || !e->pub.path || !e->pub.task_name || !e->pub.backend_name) {
     entry_free(e);
@@ -318,6 +435,8 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
         .context_length = spec->context_length,
         .n_params = spec->n_params,
         .params = spec->params,
+        .kv_cache_tokens = e->pub.kv_cache_tokens,
+        .kv_cache_bytes = e->pub.kv_cache_bytes,
     };
     st = e->pub.task->model_load(r->host, &cfg, &e->model, err);
     if (st != VELO_OK) e->model = NULL;
@@ -359,9 +478,13 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
     velo_log(VELO_LOG_INFO, SRC, "model '%s': old version unloaded (replaced)", old->pub.name);
     velo_model_entry_release(&old->pub);
   }
-  velo_log(VELO_LOG_INFO, SRC, "model '%s' loaded from %s (task %s, backend %s:%d, context %lld)",
+  velo_size kv = {.tokens = e->pub.kv_cache_tokens, .bytes = e->pub.kv_cache_bytes};
+  char kv_text[64];
+  velo_log(VELO_LOG_INFO, SRC,
+           "model '%s' loaded from %s (task %s, backend %s:%d, context %lld, KV cache %s)",
            e->pub.name, *e->pub.path ? e->pub.path : "(no file)", e->pub.task_name,
-           e->pub.backend_name, (int)e->pub.device, (long long)e->pub.context_length);
+           e->pub.backend_name, (int)e->pub.device, (long long)e->pub.context_length,
+           velo_size_format(&kv, kv_text, sizeof kv_text));
   return VELO_OK;
 }
 

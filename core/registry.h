@@ -58,6 +58,11 @@ typedef struct velo_model_entry {
   size_t n_inputs, n_outputs;
   velo_io_desc *inputs, *outputs; /* copies of the task's metadata */
   velo_model_stats stats;
+  /* The KV cache size the model was loaded with (velo_model_config's
+   * kv_cache_tokens / kv_cache_bytes: the spec's, else the registry's
+   * default); 0/0 = the task's default. */
+  int64_t kv_cache_tokens;
+  uint64_t kv_cache_bytes;
 } velo_model_entry;
 
 typedef struct velo_model_spec {
@@ -70,7 +75,17 @@ typedef struct velo_model_spec {
   int32_t n_threads;     /* backend threads; 0 = default */
   size_t n_params;       /* task-specific configuration, borrowed for the call */
   const velo_param *params;
+  /* KV cache pool size (velo_model_config): token slots, or, when 0,
+   * bytes; 0/0 = the registry's default (velo_registry_set_kv_cache_default). */
+  int64_t kv_cache_tokens;
+  uint64_t kv_cache_bytes;
 } velo_model_spec;
+
+/* One counter of a loaded model (velo_model_entry_counters). */
+typedef struct velo_model_counter {
+  const char *name; /* lower_snake_case, in the same block as the array */
+  int64_t value;
+} velo_model_counter;
 
 velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host,
                                  velo_registry **out, velo_error *err);
@@ -78,6 +93,12 @@ velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host,
  * registry.  Entries still referenced stay allocated until released.
  * NULL is a no-op. */
 void velo_registry_destroy(velo_registry *reg);
+
+/* Sets the KV cache size given to every model loaded from now on whose
+ * spec leaves both kv_cache_tokens and kv_cache_bytes 0 (velod's
+ * --kv-cache-size): tokens, or, when 0, bytes; 0/0 (the initial value)
+ * leaves the size to the task.  Models already loaded keep theirs. */
+void velo_registry_set_kv_cache_default(velo_registry *reg, int64_t tokens, uint64_t bytes);
 
 /* Loads a model.  ALREADY_EXISTS if the name is taken (or being loaded);
  * NOT_FOUND for a missing task or backend plugin; the task's own errors
@@ -121,6 +142,18 @@ velo_status velo_model_entry_submit(velo_model_entry *e, const velo_request *req
  * has no tokenizer; UNAVAILABLE while unloading; the task's errors. */
 velo_status velo_model_entry_tokenize(velo_model_entry *e, const char *text, size_t len,
                                       bool add_special, int32_t **ids, size_t *n_ids,
+                                      velo_error *err);
+
+/* The model's counters from its task's stats extension (VELO_STATS_EXTENSION,
+ * velo/task.h), read under the entry's read lock taken with tryrdlock: it
+ * never waits behind an unload.  On OK, *out is one malloc'd block holding
+ * the array and the names (free() it; NULL when *n is 0) and *n the count:
+ * 0 when the task keeps no counters.  A counter whose name is not 1 to 64
+ * of [a-z0-9_.] is left out (logged once per model).  At most 1024
+ * counters.  Errors: UNAVAILABLE while the model is being unloaded (or the
+ * lock is held by one), RESOURCE_EXHAUSTED; *out = NULL, *n = 0 then.
+ * Thread-safe. */
+velo_status velo_model_entry_counters(velo_model_entry *e, velo_model_counter **out, size_t *n,
                                       velo_error *err);
 
 /* All models, each acquired: *out is a malloc'd array the caller frees

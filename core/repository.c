@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "size.h"
 
 #define SRC "repository"
 #define CONFIG_NAME "config.json"
@@ -41,7 +42,7 @@
 #define SHOW_MAX 64 /* bytes of a value or key quoted in a message */
 
 static const char *const allowed_keys =
-    "task, file, backend, device, context_length, threads, parameters";
+    "task, file, backend, device, context_length, threads, kv_cache_size, parameters";
 
 /* One model the repository knows (a subdirectory with a config.json). */
 typedef struct repo_model {
@@ -218,6 +219,7 @@ typedef struct model_config {
   int32_t device;
   int64_t context_length;
   int32_t threads;
+  velo_size kv_cache_size; /* 0/0: not set (velod's --kv-cache-size, else the task's) */
   velo_param *params; /* malloc'd array */
   size_t n_params;
   char *path; /* malloc'd: DIR/name/file, or "" without a file */
@@ -489,6 +491,40 @@ static velo_status get_int(const char *model, const char *path, const char *key,
   return VELO_OK;
 }
 
+/* The "kv_cache_size" value: a JSON integer (token slots) or a string in
+ * the forms of velo_size_parse (size.h), the same parser as velod's
+ * --kv-cache-size.  Errors name the key, the value and the allowed forms. */
+static velo_status get_kv_cache_size(const char *model, const char *path, json_object *v,
+                                     velo_size *out, velo_error *err) {
+  char shown[SHOW_MAX + 4], number[32];
+  const char *text;
+  if (json_object_is_type(v, json_type_int)) {
+    if (int_saturated(v))
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "model '%s': %s: key 'kv_cache_size' is a number out of range (beyond 64 "
+                            "bits); allowed: " VELO_SIZE_FORMS,
+                            model, path);
+    snprintf(number, sizeof number, "%lld", (long long)json_object_get_int64(v));
+    text = number;
+  } else if (json_object_is_type(v, json_type_string)) {
+    text = json_object_get_string(v);
+    if ((size_t)json_object_get_string_len(v) != strlen(text))
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "model '%s': %s: key 'kv_cache_size' contains a NUL character", model, path);
+  } else {
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "model '%s': %s: key 'kv_cache_size' must be an integer (token slots) or a "
+                          "string such as \"512MiB\", got %s %s",
+                          model, path, json_kind(v), show_json(v, shown));
+  }
+  velo_error perr;
+  velo_error_init(&perr);
+  if (velo_size_parse(text, out, &perr) != VELO_OK)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': %s: key 'kv_cache_size': %s", model,
+                          path, perr.message);
+  return VELO_OK;
+}
+
 /* The "parameters" object as a velo_param list (pointing into v). */
 static velo_status get_params(const char *model, const char *path, json_object *v, model_config *c,
                               velo_error *err) {
@@ -630,6 +666,8 @@ static velo_status config_read(const velo_repository *repo, const char *name, mo
     } else if (strcmp(key, "threads") == 0) {
       st = get_int(name, path, key, v, 0, 1024, &x, err);
       c->threads = (int32_t)x;
+    } else if (strcmp(key, "kv_cache_size") == 0) {
+      st = get_kv_cache_size(name, path, v, &c->kv_cache_size, err);
     } else if (strcmp(key, "parameters") == 0) {
       st = get_params(name, path, v, c, err);
     } else {
@@ -708,6 +746,8 @@ static velo_status load_model(velo_repository *repo, repo_model *rm, velo_error 
       .n_threads = c.threads,
       .n_params = c.n_params,
       .params = c.params,
+      .kv_cache_tokens = c.kv_cache_size.tokens, /* 0/0: the registry's default */
+      .kv_cache_bytes = c.kv_cache_size.bytes,
   };
   /* Replace, not unload + load: the old model serves until the new one is
    * ready, and stays if the new one fails to load. */

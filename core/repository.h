@@ -18,6 +18,10 @@
  *     "device": 0,                    device index
  *     "context_length": 2048,         tokens per sequence (0: the model's)
  *     "threads": 0,                   backend threads (0: the backend's choice)
+ *     "kv_cache_size": "512MiB",      KV cache pool: an integer (token slots) or
+ *                                     a string as velod's --kv-cache-size takes
+ *                                     (core/size.h); default: velod's
+ *                                     --kv-cache-size, else the task's
  *     "parameters": { "k": v, ... }   task-specific settings: strings,
  *                                     numbers and booleans, passed to the
  *                                     task as velo_params

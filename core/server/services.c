@@ -71,9 +71,48 @@ static void fill_info(Velo__V1__ModelInfo *info, const velo_model_entry *e, char
   info->device = device;
 }
 
+/* The counters of one ListModels row: what the registry copied out of
+ * the model, and the messages that point into it.  All three malloc'd. */
+typedef struct row_counters {
+  velo_model_counter *raw;
+  Velo__V1__ModelCounter *msgs;
+  Velo__V1__ModelCounter **ptrs;
+} row_counters;
+
+/* Fills info->counters with the model's counters (velo_model_entry_counters:
+ * never waits behind an unload).  Best effort: a model being unloaded, one
+ * whose task keeps none, or memory running out leave the list empty.  The
+ * memory goes into *rc, freed by free_counters. */
+static void fill_counters(Velo__V1__ModelInfo *info, velo_model_entry *e, row_counters *rc) {
+  size_t n = 0;
+  if (velo_model_entry_counters(e, &rc->raw, &n, NULL) != VELO_OK || n == 0) return;
+  rc->msgs = calloc(n, sizeof *rc->msgs);
+  rc->ptrs = calloc(n, sizeof *rc->ptrs);
+  if (!rc->msgs || !rc->ptrs) return;
+  for (size_t k = 0; k < n; k++) {
+    velo__v1__model_counter__init(&rc->msgs[k]);
+    rc->msgs[k].name = (char *)rc->raw[k].name;
+    rc->msgs[k].value = rc->raw[k].value;
+    rc->ptrs[k] = &rc->msgs[k];
+  }
+  info->n_counters = n;
+  info->counters = rc->ptrs;
+}
+
+/* Frees what fill_counters allocated for n rows, and rcs itself. */
+static void free_counters(row_counters *rcs, size_t n) {
+  for (size_t i = 0; rcs && i < n; i++) {
+    free(rcs[i].raw);
+    free(rcs[i].msgs);
+    free(rcs[i].ptrs);
+  }
+  free(rcs);
+}
+
 /* ListModels: one ModelInfo per model velod knows, with its state.  With a
  * repository these are the rows of its index (the models not loaded have
- * only name, state and reason); without one, the loaded models. */
+ * only name, state and reason); without one, the loaded models.  READY
+ * models carry their engine counters (fill_counters). */
 static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *payload) {
   ProtobufCMessage *req;
   Velo__V1__ListModelsResponse resp = VELO__V1__LIST_MODELS_RESPONSE__INIT;
@@ -82,6 +121,7 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
   Velo__V1__ModelInfo *infos = NULL;
   Velo__V1__ModelInfo **ptrs = NULL;
   char (*devices)[80] = NULL;
+  row_counters *rcs = NULL;
   size_t n;
 
   req = velo_srv_decode_or_finish(srv, call, payload, &velo__v1__list_models_request__descriptor);
@@ -99,8 +139,9 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
     infos = calloc(n, sizeof *infos);
     ptrs = calloc(n, sizeof *ptrs);
     devices = calloc(n, sizeof *devices);
+    rcs = calloc(n, sizeof *rcs);
   }
-  if (n && (!list || !infos || !ptrs || !devices)) {
+  if (n && (!list || !infos || !ptrs || !devices || !rcs)) {
     velo_srv_finish_unary(srv, call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   } else {
     for (size_t i = 0; i < n; i++) {
@@ -113,6 +154,7 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
       } else {
         infos[i].state = velo_model_entry_unloading(list[i]) ? "UNLOADING" : "READY";
       }
+      if (list[i] && strcmp(infos[i].state, "READY") == 0) fill_counters(&infos[i], list[i], &rcs[i]);
       ptrs[i] = &infos[i];
     }
     resp.n_models = n;
@@ -125,6 +167,7 @@ static void list_models(velo_server *srv, grpc_call *call, grpc_byte_buffer *pay
   free(infos);
   free(ptrs);
   free(devices);
+  free_counters(rcs, n);
 }
 
 /* A model load or unload, run on a thread of its own (velo_srv_model_control). */

@@ -37,6 +37,7 @@
 #include "registry.h"
 #include "repository.h"
 #include "server.h"
+#include "size.h"
 
 #ifndef VELO_VERSION
 #define VELO_VERSION "unknown"
@@ -64,6 +65,7 @@ typedef struct velod_options {
   const char *backend;
   int32_t threads;     /* 0: backend default */
   int64_t ctx_size;    /* 0: the model's */
+  velo_size kv_cache;  /* --kv-cache-size; 0/0: the task's default */
   size_t max_receive;  /* --max-receive-message-bytes */
   size_t max_send;     /* --max-send-message-bytes */
   const char *model_repository; /* --model-repository DIR, or NULL */
@@ -99,6 +101,11 @@ static void usage(FILE *f) {
           "  --threads N             backend threads per model (default: the backend's)\n"
           "  --ctx-size N            context length per sequence, in tokens\n"
           "                          (default: the model's)\n"
+          "  --kv-cache-size SIZE    KV cache pool per model, shared by its sequences:\n"
+          "                          a token count (4096) or bytes with a unit, no space\n"
+          "                          (512MiB, 2GB; B, KB, MB, GB, TB, KiB, MiB, GiB, TiB);\n"
+          "                          for --model and repository models whose config.json\n"
+          "                          sets no kv_cache_size (default: the task's)\n"
           "  --model-repository DIR  serve the models of DIR: one subdirectory per model\n"
           "                          with a config.json (see docs/repository.md)\n"
           "  --model-control none|explicit\n"
@@ -229,7 +236,7 @@ static void print_version(void) {
 static void parse_options(int argc, char **argv, velod_options *o) {
   enum { OPT_LISTEN = 256, OPT_MODEL, OPT_PLUGIN_DIR, OPT_BACKEND, OPT_THREADS, OPT_CTX,
          OPT_LIST, OPT_LOG_LEVEL, OPT_VERSION, OPT_MAX_RECV, OPT_MAX_SEND, OPT_REPOSITORY,
-         OPT_CONTROL, OPT_LOAD_MODEL, OPT_EXIT_ON_ERROR };
+         OPT_CONTROL, OPT_LOAD_MODEL, OPT_EXIT_ON_ERROR, OPT_KV_CACHE };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, OPT_LISTEN},
       {"model", required_argument, NULL, OPT_MODEL},
@@ -237,6 +244,7 @@ static void parse_options(int argc, char **argv, velod_options *o) {
       {"backend", required_argument, NULL, OPT_BACKEND},
       {"threads", required_argument, NULL, OPT_THREADS},
       {"ctx-size", required_argument, NULL, OPT_CTX},
+      {"kv-cache-size", required_argument, NULL, OPT_KV_CACHE},
       {"list-plugins", no_argument, NULL, OPT_LIST},
       {"max-receive-message-bytes", required_argument, NULL, OPT_MAX_RECV},
       {"max-send-message-bytes", required_argument, NULL, OPT_MAX_SEND},
@@ -289,6 +297,13 @@ static void parse_options(int argc, char **argv, velod_options *o) {
       case OPT_CTX:
         o->ctx_size = parse_int("--ctx-size", optarg, 1, INT32_MAX);
         break;
+      case OPT_KV_CACHE: {
+        velo_error err;
+        velo_error_init(&err);
+        if (velo_size_parse(optarg, &o->kv_cache, &err) != VELO_OK)
+          bad_usage("--kv-cache-size: %s", err.message);
+        break;
+      }
       case OPT_LIST:
         o->list_plugins = true;
         break;
@@ -679,6 +694,9 @@ int main(int argc, char **argv) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "cannot create the model registry: %s", err.message);
     goto out;
   }
+  /* --kv-cache-size: for --model models and repository models whose
+   * config.json sets no kv_cache_size. */
+  velo_registry_set_kv_cache_default(reg, o.kv_cache.tokens, o.kv_cache.bytes);
   if (!load_models(reg, &o)) goto out;
   /* The repository after the --model models (a name taken by one of them
    * leaves the repository's model UNAVAILABLE). */

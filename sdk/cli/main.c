@@ -5,7 +5,7 @@
  * protobuf-c, calls velod through client.c and prints the answers:
  *
  *   velo generate "Once upon a time" --max-tokens 16 --temperature 0
- *   velo models
+ *   velo models [--counters]
  *   velo tokenize "Once upon a time"
  *   velo health
  *   velo load NAME / velo unload NAME   (model control, --model-control explicit)
@@ -55,12 +55,13 @@ typedef struct options {
   char **stops;
   size_t n_stops;
   bool no_special; /* tokenize: add_special = false */
+  bool counters;   /* models: print each model's engine counters */
 } options;
 
 enum opt_id {
   OPT_SERVER = 1000, OPT_TIMEOUT, OPT_MODEL, OPT_MAX_TOKENS, OPT_TEMPERATURE, OPT_SEED, OPT_TOP_K,
   OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N, OPT_STOP, OPT_IGNORE_EOS,
-  OPT_NO_SPECIAL, OPT_SERVICE, OPT_HELP, OPT_VERSION
+  OPT_NO_SPECIAL, OPT_SERVICE, OPT_HELP, OPT_VERSION, OPT_COUNTERS
 };
 
 /* Which commands take each option (indexed by opt_id - OPT_SERVER). */
@@ -82,6 +83,7 @@ static const unsigned option_commands[] = {
     [OPT_SERVICE - OPT_SERVER] = FOR_HEALTH,
     [OPT_HELP - OPT_SERVER] = FOR_ALL,
     [OPT_VERSION - OPT_SERVER] = FOR_ALL,
+    [OPT_COUNTERS - OPT_SERVER] = FOR_MODELS,
 };
 
 static const struct option long_options[] = {
@@ -102,6 +104,7 @@ static const struct option long_options[] = {
     {"service", required_argument, NULL, OPT_SERVICE},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"counters", no_argument, NULL, OPT_COUNTERS},
     {NULL, 0, NULL, 0}};
 
 static void usage(FILE *f) {
@@ -113,7 +116,8 @@ static void usage(FILE *f) {
       "commands:\n"
       "  generate PROMPT    stream a continuation of PROMPT to stdout; the finish\n"
       "                     reason and token counts go to stderr at the end\n"
-      "  models             list the served models\n"
+      "  models             list the served models (-c, --counters: with each\n"
+      "                     model's engine counters, as indented name value lines)\n"
       "  tokenize TEXT      print the token ids of TEXT as the model tokenizes a prompt\n"
       "  health             ask velod's health service (exit 0 when SERVING)\n"
       "  load NAME          load (or reload) the repository model NAME; waits until\n"
@@ -272,6 +276,7 @@ static int apply_option(options *o, int id, const char *arg, const char *name) {
       g->ignore_eos = 1;
       break;
     case OPT_NO_SPECIAL: o->no_special = true; break;
+    case OPT_COUNTERS: o->counters = true; break;
     default: return usage_error("unknown option", name);
   }
   return 0;
@@ -294,7 +299,7 @@ static int parse_args(int argc, char **argv, options *o) {
   size_t n_seen = 0;
   opterr = 0;
   int c, idx;
-  while ((c = getopt_long(argc, argv, "+:h", long_options, &idx)) != -1) {
+  while ((c = getopt_long(argc, argv, "+:hc", long_options, &idx)) != -1) {
     if (c == 'h' || c == OPT_HELP) {
       usage(stdout);
       return 0;
@@ -306,9 +311,9 @@ static int parse_args(int argc, char **argv, options *o) {
     if (c == '?') return usage_error("unknown option", argv[optind - 1]);
     if (c == ':') return usage_error("missing value for", argv[optind - 1]);
     if (n_seen == sizeof seen / sizeof seen[0]) return usage_error("too many options", NULL);
-    seen[n_seen].id = c;
+    seen[n_seen].id = c == 'c' ? OPT_COUNTERS : c;
     seen[n_seen].arg = optarg;
-    seen[n_seen].name = long_options[idx].name;
+    seen[n_seen].name = c == 'c' ? "counters" : long_options[idx].name; /* idx: long options only */
     n_seen++;
   }
   if (optind >= argc) {
@@ -327,7 +332,7 @@ static int parse_args(int argc, char **argv, options *o) {
   optind = 0; /* 0: glibc starts a fresh scan; sub_argv[0] is the command */
   while (true) {
     int before = optind ? optind : 1; /* the element getopt looks at next */
-    c = getopt_long(sub_argc, sub_argv, "-:h", long_options, &idx);
+    c = getopt_long(sub_argc, sub_argv, "-:hc", long_options, &idx);
     if (c == -1) break;
     if (c == '?') {
       /* An unknown letter inside a cluster ("-dash") leaves optind on that
@@ -356,9 +361,9 @@ static int parse_args(int argc, char **argv, options *o) {
       continue;
     }
     if (n_seen == sizeof seen / sizeof seen[0]) return usage_error("too many options", NULL);
-    seen[n_seen].id = c;
+    seen[n_seen].id = c == 'c' ? OPT_COUNTERS : c;
     seen[n_seen].arg = optarg;
-    seen[n_seen].name = long_options[idx].name;
+    seen[n_seen].name = c == 'c' ? "counters" : long_options[idx].name; /* idx: long options only */
     n_seen++;
   }
   /* "--" ends the options: everything after it is positional. */
@@ -540,9 +545,20 @@ static int cmd_generate(velo_client *c, options *o) {
   return 0;
 }
 
+/* Prints mi's counters under its row, one indented "name value" line each,
+ * the values aligned. */
+static void print_counters(const Velo__V1__ModelInfo *mi) {
+  int w = 0;
+  for (size_t k = 0; k < mi->n_counters; k++)
+    if ((int)strlen(mi->counters[k]->name) > w) w = (int)strlen(mi->counters[k]->name);
+  for (size_t k = 0; k < mi->n_counters; k++)
+    printf("    %-*s  %lld\n", w, mi->counters[k]->name, (long long)mi->counters[k]->value);
+}
+
 /* velo models: one aligned row per model (name, state, task, backend,
  * device, context, file); a model that is not READY gets a second,
- * indented line with the reason. */
+ * indented line with the reason.  With --counters, each model's engine
+ * counters follow its row (print_counters). */
 static int cmd_models(velo_client *c, const options *o) {
   Velo__V1__ListModelsResponse *m = list_models(c, o);
   if (!m) return 1;
@@ -574,6 +590,7 @@ static int cmd_models(velo_client *c, const options *o) {
     if (strcmp(state_of(mi), "READY") != 0 && mi->reason && *mi->reason &&
         strcmp(mi->reason, "not loaded") != 0)
       printf("  %s: %s\n", mi->name, mi->reason);
+    if (o->counters) print_counters(mi);
   }
   velo__v1__list_models_response__free_unpacked(m, NULL);
   return 0;

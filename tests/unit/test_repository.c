@@ -202,7 +202,26 @@ typedef struct bad_case {
 
 static const bad_case bad_cases[] = {
     {"unknown-key", "{\"task\": \"identity\", \"colour\": \"blue\"}",
-     "config.json: unknown key 'colour' (allowed: task, file, backend, device, context_length, threads, parameters)"},
+     "config.json: unknown key 'colour' (allowed: task, file, backend, device, context_length, threads, kv_cache_size, "
+     "parameters)"},
+    /* kv_cache_size: the forms of velod's --kv-cache-size (core/size.c). */
+    {"kv-zero", "{\"task\": \"identity\", \"kv_cache_size\": 0}", "key 'kv_cache_size': '0' is zero"},
+    {"kv-negative", "{\"task\": \"identity\", \"kv_cache_size\": -4}", "key 'kv_cache_size': '-4' is negative"},
+    {"kv-fraction", "{\"task\": \"identity\", \"kv_cache_size\": 1.5}",
+     "key 'kv_cache_size' must be an integer (token slots) or a string such as \"512MiB\", got a number with a "
+     "fraction 1.5"},
+    {"kv-bool", "{\"task\": \"identity\", \"kv_cache_size\": true}", "got a boolean true"},
+    {"kv-beyond-64-bits", "{\"task\": \"identity\", \"kv_cache_size\": 99999999999999999999}",
+     "key 'kv_cache_size' is a number out of range (beyond 64 bits)"},
+    {"kv-string-fraction", "{\"task\": \"identity\", \"kv_cache_size\": \"1.5GiB\"}", "'1.5GiB' has a fraction"},
+    {"kv-string-space", "{\"task\": \"identity\", \"kv_cache_size\": \"512 MiB\"}",
+     "'512 MiB' has a space before the unit"},
+    {"kv-string-case", "{\"task\": \"identity\", \"kv_cache_size\": \"512mib\"}", "which is written MiB"},
+    {"kv-string-unit", "{\"task\": \"identity\", \"kv_cache_size\": \"512XB\"}", "unknown unit 'XB'"},
+    {"kv-string-empty", "{\"task\": \"identity\", \"kv_cache_size\": \"\"}", "key 'kv_cache_size': '' is empty"},
+    {"kv-string-zero", "{\"task\": \"identity\", \"kv_cache_size\": \"0MiB\"}", "'0MiB' is zero"},
+    {"kv-string-overflow", "{\"task\": \"identity\", \"kv_cache_size\": \"8589934592GiB\"}",
+     "'8589934592GiB' is too large: at most 9223372036854775807 bytes"},
     {"device-string", "{\"task\": \"identity\", \"device\": \"0\"}",
      "key 'device' must be an integer from 0 to 1023, got \"0\""},
     {"device-fraction", "{\"task\": \"identity\", \"device\": 1.5}", "key 'device' must be an integer"},
@@ -500,6 +519,83 @@ static void test_control_explicit(void) {
   velo_registry_destroy(reg);
 }
 
+/* kv_cache_size reaches the model (velo_model_entry.kv_cache_*, what the
+ * registry passed in velo_model_config): a config.json value wins over
+ * the registry's default (velod's --kv-cache-size), which applies to
+ * repository models without one and to --model models alike. */
+static void test_kv_cache_size(void) {
+  static const struct {
+    const char *name, *config;
+    int64_t tokens;
+    uint64_t bytes;
+  } cases[] = {
+      {"kv-int", "{\"task\": \"identity\", \"kv_cache_size\": 4096}", 4096, 0},
+      {"kv-one", "{\"task\": \"identity\", \"kv_cache_size\": 1}", 1, 0},
+      {"kv-str-tokens", "{\"task\": \"identity\", \"kv_cache_size\": \"4096\"}", 4096, 0},
+      {"kv-mib", "{\"task\": \"identity\", \"kv_cache_size\": \"512MiB\"}", 0, 512ull << 20},
+      {"kv-gb", "{\"task\": \"identity\", \"kv_cache_size\": \"2GB\"}", 0, 2000000000ull},
+      {"kv-b", "{\"task\": \"identity\", \"kv_cache_size\": \"1B\"}", 0, 1},
+      {"kv-unset", "{\"task\": \"identity\"}", 0, 3ull << 30}, /* the registry's default */
+  };
+  char dir[512], rel[512], full[1024], why[512];
+  snprintf(dir, sizeof dir, "%s/kv-repo", root); /* not a model: no config.json */
+  mkdir(dir, 0755);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(full, sizeof full, "%s/kv-repo/%s", root, cases[i].name);
+    mkdir(full, 0755);
+    snprintf(rel, sizeof rel, "kv-repo/%s/config.json", cases[i].name);
+    write_file(rel, cases[i].config, strlen(cases[i].config));
+  }
+
+  velo_registry *reg = new_registry();
+  velo_repository *repo = NULL;
+  velo_error err;
+  velo_registry_set_kv_cache_default(reg, 0, 3ull << 30);
+  /* --model models: the default, or the spec's own size. */
+  velo_model_spec plain = {.name = "plain", .path = "", .task = "identity"};
+  velo_model_spec own = {.name = "own", .path = "", .task = "identity", .kv_cache_tokens = 77};
+  velo_error_init(&err);
+  CHECK(velo_registry_load(reg, &plain, &err) == VELO_OK, "plain: %s", err.message);
+  velo_error_init(&err);
+  CHECK(velo_registry_load(reg, &own, &err) == VELO_OK, "own: %s", err.message);
+  velo_error_init(&err);
+  CHECK(velo_repository_open(dir, reg, VELO_MODEL_CONTROL_NONE, NULL, 0, &repo, &err) == VELO_OK, "open: %s",
+        err.message);
+  CHECK(repo && velo_repository_ready(repo, why, sizeof why), "not ready: %s", repo ? why : "no repo");
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    velo_model_entry *e = velo_registry_acquire(reg, cases[i].name);
+    CHECK(e != NULL, "%s not loaded", cases[i].name);
+    if (!e) continue;
+    CHECK(e->kv_cache_tokens == cases[i].tokens && e->kv_cache_bytes == cases[i].bytes,
+          "%s: kv cache %lld tokens, %llu bytes; want %lld, %llu", cases[i].name, (long long)e->kv_cache_tokens,
+          (unsigned long long)e->kv_cache_bytes, (long long)cases[i].tokens, (unsigned long long)cases[i].bytes);
+    velo_model_entry_release(e);
+  }
+  velo_model_entry *e = velo_registry_acquire(reg, "plain");
+  CHECK(e && e->kv_cache_tokens == 0 && e->kv_cache_bytes == 3ull << 30, "plain: not the default");
+  velo_model_entry_release(e);
+  e = velo_registry_acquire(reg, "own");
+  CHECK(e && e->kv_cache_tokens == 77 && e->kv_cache_bytes == 0, "own: not its own size");
+  /* The identity task keeps no counters: none, and no error. */
+  velo_model_counter *counters = (velo_model_counter *)&err; /* must be reset */
+  size_t n = 99;
+  velo_error_init(&err);
+  CHECK(e && velo_model_entry_counters(e, &counters, &n, &err) == VELO_OK && counters == NULL && n == 0,
+        "identity counters: %zu (%s)", n, err.message);
+  velo_model_entry_release(e);
+  velo_repository_close(repo);
+  velo_registry_destroy(reg);
+
+  /* Without a default, a model without a size gets 0/0 (the task's). */
+  reg = new_registry();
+  velo_error_init(&err);
+  CHECK(velo_registry_load(reg, &plain, &err) == VELO_OK, "plain: %s", err.message);
+  e = velo_registry_acquire(reg, "plain");
+  CHECK(e && e->kv_cache_tokens == 0 && e->kv_cache_bytes == 0, "plain without a default");
+  velo_model_entry_release(e);
+  velo_registry_destroy(reg);
+}
+
 /* Start-up names: '*' loads all; an unknown or malformed one fails open. */
 static void test_startup_names(void) {
   velo_registry *reg = new_registry();
@@ -759,6 +855,7 @@ int main(int argc, char **argv) {
   test_control_none();
   test_control_explicit();
   test_startup_names();
+  test_kv_cache_size();
   test_no_directory();
   test_unload_with_requests();
   test_concurrent_control();
