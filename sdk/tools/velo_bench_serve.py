@@ -33,6 +33,14 @@ thread that reads the stream, so they include the client's own latency):
 --idle-ttft first runs one request alone (same settings), reports its TTFT
 and single-stream tokens/s under "idle", and does not count it in the load.
 
+--probes N measures the time to first token of a short request (prompt
+--probe-prompt, one token) N times with nothing else running ("probe_idle")
+and N times while the load runs ("probe_load"): one probe at a time, each
+after a pseudo-random pause of 0..50 ms (fixed seed) so that the probes
+arrive at every phase of the server's steps; the load probes start once
+every load stream has received its first token (steady decoding).  The
+report gives p50/p99 of both and the ratio of the p99s.
+
 The generated stubs come from the build: $VELO_PYTHON_DIR, else
 build/python under the repository.  Run it with /usr/bin/python3 (Debian's
 grpcio).  Exit status: 0 no request failed (requests cut off at the time
@@ -44,6 +52,7 @@ import ipaddress
 import json
 import os
 import platform
+import random
 import sys
 import threading
 import time
@@ -120,6 +129,7 @@ class Run:
         self.stopped = False
         self.inflight = set()
         self.results = []
+        self.first_tokens = 0  # requests that have received their first token
 
     def take(self):
         """The next request index, or None when the count or time is spent."""
@@ -150,6 +160,9 @@ def one_request(grpc, stub, req, timeout_s, run=None):
             if n:
                 if last is None:
                     r["ttft"] = now - r["start"]
+                    if run is not None:
+                        with run.lock:
+                            run.first_tokens += 1
                 else:
                     r["itl"].extend([(now - last) / n] * n)
                 last = now
@@ -176,6 +189,28 @@ def worker(grpc, stub, req, timeout_s, run):
         res = one_request(grpc, stub, req, timeout_s, run)
         with run.lock:
             run.results.append(res)
+
+
+def probe_series(grpc, stub, req, timeout_s, n, seed, stop=None):
+    """Runs up to n probe requests one after another, each after a pause of
+    0..50 ms drawn from random.Random(seed); stops early when stop() is
+    true.  Returns the request dicts of one_request."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if stop is not None and stop():
+            break
+        time.sleep(rng.uniform(0.0, 0.05))
+        out.append(one_request(grpc, stub, req, timeout_s))
+    return out
+
+
+def probe_summary(results):
+    """p50/p99 TTFT (ms) of probe requests, and how many failed."""
+    ttft = [r["ttft"] for r in results if r["status"] == "OK" and r["ttft"] is not None]
+    ms = lambda v: None if v is None else round(v * 1000.0, 3)  # noqa: E731
+    return {"samples": len(ttft), "failed": sum(1 for r in results if r["status"] != "OK"),
+            "ttft_ms": {"p50": ms(percentile(ttft, 50)), "p99": ms(percentile(ttft, 99))}}
 
 
 def summarize(results, max_tokens):
@@ -235,6 +270,14 @@ def print_table(report):
         rows.insert(7, ("idle TTFT (1 request)", "%s ms, %s tokens/s, status %s" % (
             fmt(idle["ttft_ms"]["p50"]), fmt(idle["tokens_per_s"]),
             "OK" if idle["requests_completed"] else ",".join(idle["errors"]))))
+    if report.get("probe_idle"):
+        pi, pl = report["probe_idle"], report.get("probe_load") or {}
+        rows.append(("probe TTFT idle p50/p99", "%s / %s ms (%d probes)" % (
+            fmt(pi["ttft_ms"]["p50"]), fmt(pi["ttft_ms"]["p99"]), pi["samples"])))
+        if pl:
+            rows.append(("probe TTFT load p50/p99", "%s / %s ms (%d probes), p99 ratio %s" % (
+                fmt(pl["ttft_ms"]["p50"]), fmt(pl["ttft_ms"]["p99"]), pl["samples"],
+                fmt(report.get("probe_p99_ratio")))))
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print("%-*s  %s" % (w, k, v))
@@ -257,11 +300,16 @@ def main(argv=None):
                     help="gRPC deadline of each call in seconds (default 120)")
     ap.add_argument("--idle-ttft", action="store_true",
                     help="run one request alone first and report its TTFT")
+    ap.add_argument("--probes", type=int, default=0,
+                    help="TTFT probes of a short prompt, idle and under the load (default 0)")
+    ap.add_argument("--probe-prompt", default="Once upon a time",
+                    help="the probes' prompt (default 'Once upon a time')")
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     a = ap.parse_args(argv)
     for name, v, lo, hi in (("--concurrency", a.concurrency, 1, 1024),
                             ("--requests", a.requests, 1, 1000000),
-                            ("--max-tokens", a.max_tokens, 1, 1 << 20)):
+                            ("--max-tokens", a.max_tokens, 1, 1 << 20),
+                            ("--probes", a.probes, 0, 10000)):
         if not lo <= v <= hi:
             ap.error("%s %d: allowed %d..%d" % (name, v, lo, hi))
     for name, v in (("--duration-s", a.duration_s), ("--timeout-s", a.timeout_s)):
@@ -290,6 +338,7 @@ def main(argv=None):
     settings = {"server": a.server, "model": a.model, "concurrency": a.concurrency,
                 "requests": a.requests, "max_tokens": a.max_tokens, "prompt": a.prompt,
                 "duration_s": a.duration_s, "timeout_s": a.timeout_s, "idle_ttft": a.idle_ttft,
+                "probes": a.probes, "probe_prompt": a.probe_prompt,
                 "sampling": {"temperature": 0.0, "ignore_eos": True},
                 "itl_method": "per-message gap spread evenly over the message's token ids",
                 "client": {"python": platform.python_version(), "grpcio": grpc.__version__,
@@ -301,11 +350,31 @@ def main(argv=None):
         stub = velo_pb2_grpc.TextGenerationStub(ch)
         if a.idle_ttft:
             report["idle"] = summarize([one_request(grpc, stub, req, a.timeout_s)], a.max_tokens)
+        probe_req = velo_pb2.GenerateRequest(model=a.model, prompt=a.probe_prompt, max_tokens=1,
+                                             temperature=0.0, ignore_eos=True)
+        if a.probes:
+            report["probe_idle"] = probe_summary(
+                probe_series(grpc, stub, probe_req, a.timeout_s, a.probes, 1))
         run = Run(a.requests, a.duration_s)
         threads = [threading.Thread(target=worker, args=(grpc, stub, req, a.timeout_s, run),
                                     daemon=True) for _ in range(a.concurrency)]
         for t in threads:
             t.start()
+        if a.probes:
+            # Steady state first: every load stream has had its first token.
+            while time.perf_counter() < run.end:
+                with run.lock:
+                    if run.stopped or run.first_tokens >= a.concurrency:
+                        break
+                time.sleep(0.01)
+
+            def load_over():
+                with run.lock:
+                    return run.stopped or (run.next >= run.total and not run.inflight)
+            report["probe_load"] = probe_summary(
+                probe_series(grpc, stub, probe_req, a.timeout_s, a.probes, 2, load_over))
+            i, l = report["probe_idle"]["ttft_ms"]["p99"], report["probe_load"]["ttft_ms"]["p99"]
+            report["probe_p99_ratio"] = round(l / i, 3) if i and l else None
         for t in threads:
             t.join(max(0.0, run.end - time.perf_counter()))
         with run.lock:
