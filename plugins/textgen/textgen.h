@@ -1,15 +1,13 @@
 /*
  * textgen.h - the text-generation task plugin's model: GGUF file, tokenizer,
- * llama weights on the backend, and the engine thread that runs requests.
+ * llama weights on the backend, and the serving engine that runs requests.
  *
  * Requests are validated and tokenized in submit() on the caller's thread,
  * then queued (bounded by the model config's max_queue_size, ordered by
- * request priority); one engine thread per model admits up to max_active
- * (model config, default TEXTGEN_DEFAULT_MAX_ACTIVE) sequences, each with
- * its own KV cache, and advances
- * every active sequence by one step per round (a prefill chunk of up to
- * llama_model_max_batch tokens, or one decode step), so a long prompt does
- * not stall the others.  Cancellation is checked before every step.
+ * request priority); one engine thread per model batches up to max_active
+ * (model config, default TEXTGEN_DEFAULT_MAX_ACTIVE) sequences into one
+ * forward pass per step over a paged KV cache with prefix caching (see
+ * engine.c and docs/design.md section 5).
  */
 #ifndef VELO_TEXTGEN_TEXTGEN_H
 #define VELO_TEXTGEN_TEXTGEN_H
