@@ -33,6 +33,7 @@
 #include "call_send.h"
 #include "log.h"
 #include "server_internal.h"
+#include "generate_wire.pb-c.h"
 #include "velo/v1/velo.pb-c.h"
 
 #define LOG_SOURCE "generate"
@@ -198,24 +199,29 @@ static int32_t clamp_i32(int64_t v) {
  * NULL for an empty non-final response (nothing to send) and when out of
  * memory (logged). */
 static grpc_byte_buffer *pack_response(const velo_response *resp) {
-  Velo__V1__GenerateResponse out = VELO__V1__GENERATE_RESPONSE__INIT;
-  char *text = NULL, *reason = NULL;
+  /* Packed through the twin with `bytes text` (wire/generate_wire.proto),
+   * so text holding U+0000 goes out whole; the bytes are a valid
+   * velo.v1.GenerateResponse. */
+  Velo__Wire__GenerateResponseWire out = VELO__WIRE__GENERATE_RESPONSE_WIRE__INIT;
+  char *reason = NULL;
   int32_t *ids = NULL;
   size_t n_ids = 0;
   grpc_byte_buffer *bb = NULL;
-  bool oom = false;
+  bool oom = false, has_text = false;
 
   for (size_t i = 0; i < resp->n_outputs && resp->outputs; i++) {
     const velo_io_tensor *t = &resp->outputs[i];
     if (!t->name || !t->data) continue;
     if (strcmp(t->name, "text_output") == 0 && t->datatype == VELO_DATATYPE_BYTES &&
-        t->size >= 4 && !text) {
+        t->size >= 4 && !has_text) {
       const uint8_t *d = t->data;
       uint32_t len = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 |
                      (uint32_t)d[3] << 24;
       if ((size_t)len > t->size - 4) continue;
-      text = copy_string((const char *)d + 4, len);
-      oom |= !text;
+      /* Borrowed from the response until packed below. */
+      out.text.data = (uint8_t *)d + 4;
+      out.text.len = len;
+      has_text = true;
     } else if (strcmp(t->name, "token_ids") == 0 && t->datatype == VELO_DATATYPE_INT32 &&
                t->size >= 4 && !ids) {
       n_ids = t->size / 4;
@@ -240,14 +246,12 @@ static grpc_byte_buffer *pack_response(const velo_response *resp) {
   }
   if (oom) {
     velo_log(VELO_LOG_ERROR, LOG_SOURCE, "out of memory packing a response: dropped");
-  } else if (resp->final || (text && text[0]) || n_ids > 0) {
-    if (text) out.text = text;
+  } else if (resp->final || out.text.len > 0 || n_ids > 0) {
     if (reason) out.finish_reason = reason;
     out.n_token_ids = n_ids;
     out.token_ids = ids;
     bb = velo_srv_pack(&out.base);
   }
-  free(text);
   free(reason);
   free(ids);
   return bb;

@@ -158,6 +158,58 @@ def greedy(stub, model, prompt, n=64, **params):
     return generate(stub, model, prompt, max_tokens=n, temperature=0.0, ignore_eos=True, **params)
 
 
+def model_counters(channel, model, timeout=CALL_TIMEOUT_S):
+    """{name: value} of the engine counters ListModels reports for model
+    (ModelInfo.counters; docs/operations.md lists them).  Fails if the model
+    is not listed."""
+    r = velo_pb2_grpc.ModelsStub(channel).ListModels(velo_pb2.ListModelsRequest(), timeout=timeout)
+    info = [m for m in r.models if m.name == model]
+    assert info, "model %r not in ListModels: %s" % (model, [m.name for m in r.models])
+    return {c.name: c.value for c in info[0].counters}
+
+
+GENERATE_METHOD = "/velo.v1.TextGeneration/Generate"
+
+
+def generate_raw(channel, request, timeout=CALL_TIMEOUT_S):
+    """Calls Generate with the responses left as bytes, so that a text field
+    that is not valid UTF-8 cannot be hidden (or refused) by the protobuf
+    library.  Returns a GenerateResult whose chunks are bytes (the text
+    field of each message; .text then fails: join them) and whose ids,
+    finish_reason and usage are decoded; ids_per_message has the ids of
+    each message.  Raises grpc.RpcError."""
+    call = channel.unary_stream(GENERATE_METHOD, request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=lambda b: b)
+    res = GenerateResult()
+    res.ids_per_message = []
+    for raw in call(request, timeout=timeout):
+        res.messages += 1
+        n_before = len(res.ids)
+        text, final = b"", {}
+        for field, wt, v in wire_fields(raw):
+            if field == 1:
+                text = v
+            elif field == 2 and wt == 2:  # packed token_ids
+                i = 0
+                while i < len(v):
+                    x, i = read_varint(v, i)
+                    res.ids.append(x)
+            elif field == 2:
+                res.ids.append(v)
+            elif field == 3:
+                final["finish_reason"] = v.decode("utf-8")
+            elif field in (4, 5):
+                final[field] = v
+        res.chunks.append(text)
+        res.ids_per_message.append(res.ids[n_before:])
+        if "finish_reason" in final:
+            assert not res.finish_reason, "finish_reason sent twice"
+            res.finish_reason = final["finish_reason"]
+            res.prompt_tokens = final.get(4, 0)
+            res.completion_tokens = final.get(5, 0)
+    return res
+
+
 def expect_error(call, code, *needles):
     """Runs call() (which must consume a whole stream or a unary answer) and
     checks it fails with code and a message containing every needle (a

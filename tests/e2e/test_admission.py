@@ -135,10 +135,17 @@ def test_deadline_honoured_while_queued(textgen, server):
     wait_served(textgen)
 
 
+# Tokens of each prioritized request: with max_active 1 the second one starts
+# only when the first has ended, so its completion comes PRIO_TOKENS engine
+# steps later; 4 tokens (a few ms) let client-side thread jitter reorder the
+# completions on a loaded machine.
+PRIO_TOKENS = 64
+
+
 def _infer_short(server, priority):
     """A short greedy request through the Open Inference Protocol."""
     with server.channel() as ch:
-        req = oip.text_request(MODEL, "Once upon a time", max_tokens=4, temperature=0.0,
+        req = oip.text_request(MODEL, "Once upon a time", max_tokens=PRIO_TOKENS, temperature=0.0,
                                ignore_eos=True, priority=priority)
         oip.stub(ch).ModelInfer(req, timeout=T)
 
@@ -146,8 +153,8 @@ def _infer_short(server, priority):
 def _generate_short(server, priority):
     """The same request through velo.v1 Generate (GenerateRequest.priority)."""
     with server.channel() as ch:
-        req = harness.generate_request(MODEL, "Once upon a time", max_tokens=4, temperature=0.0,
-                                       ignore_eos=True, priority=priority)
+        req = harness.generate_request(MODEL, "Once upon a time", max_tokens=PRIO_TOKENS,
+                                       temperature=0.0, ignore_eos=True, priority=priority)
         list(velo_pb2_grpc.TextGenerationStub(ch).Generate(req, timeout=T))
 
 
