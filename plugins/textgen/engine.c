@@ -53,6 +53,7 @@
 #include "sampling.h"
 #include "textgen.h"
 #include "textstream.h"
+#include "bench_ext.h"
 
 #define SRC "text-generation"
 #define KV_BLOCK_SIZE 16                      /* token slots per KV block */
@@ -1069,6 +1070,7 @@ const void *textgen_get_extension(velo_model *m, const char *name) {
   if (!name) return NULL;
   if (strcmp(name, VELO_TEXT_EXTENSION) == 0) return &text_ext;
   if (strcmp(name, VELO_STATS_EXTENSION) == 0) return &stats_ext;
+  if (strcmp(name, VELO_BENCH_EXTENSION) == 0) return &textgen_bench_ext;
   return NULL;
 }
 
