@@ -244,10 +244,11 @@ static bool try_load(velo_plugin_host *ph, const char *path) {
            name, d->version ? d->version : "", path);
   /* A backend that cannot run here stays listed (--list-plugins shows its
    * probe result) but is never chosen; say so now, with the reason. */
-  char reason[256];
+  char reason[400];
   if (velo_plugin_probe(p, reason, sizeof reason) != VELO_OK)
     velo_log(VELO_LOG_WARN, SRC, "%s plugin '%s' (%s) is unavailable and will not be used: %s",
-             velo_plugin_kind_name(d->kind), name, path, reason);
+             velo_plugin_kind_name(d->kind), name, path,
+             strncmp(reason, "unavailable: ", 13) == 0 ? reason + 13 : reason);
   return true;
 }
 

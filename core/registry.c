@@ -42,6 +42,7 @@ struct velo_registry {
   size_t n_loading;
   int64_t kv_cache_tokens;  /* default KV cache size for specs that give none */
   uint64_t kv_cache_bytes;
+  char *backend_default;    /* for specs with backend NULL; NULL: "auto" */
 };
 
 velo_status velo_registry_create(velo_plugin_host *ph, const velo_host *host, velo_registry **out,
@@ -262,22 +263,102 @@ void velo_registry_destroy(velo_registry *r) {
   }
   pthread_mutex_destroy(&r->lock);
   free(r->loading);
+  free(r->backend_default);
   free(r);
 }
 
-/* Picks the backend plugin for spec->backend: an exact name must exist and
- * probe OK; "auto" takes the first available of cuda, hip, any other, cpu,
- * logging each one it passes over and why. */
-static const velo_plugin *choose_backend(velo_registry *r, const char *want, velo_error *err) {
-  char reason[256];
+velo_status velo_backend_choice_parse(const char *choice, char *name, size_t name_size,
+                                      int32_t *device, bool *has_device, velo_error *err) {
+  const char *colon = choice ? strchr(choice, ':') : NULL;
+  size_t len = choice ? (colon ? (size_t)(colon - choice) : strlen(choice)) : 0;
+  *has_device = false;
+  *device = 0;
+  bool ok = len >= 1 && len <= 63 && len < name_size;
+  for (size_t i = 0; ok && i < len; i++) {
+    char c = choice[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.';
+  }
+  if (ok && colon) {
+    char *end = NULL;
+    long v = colon[1] >= '0' && colon[1] <= '9' ? strtol(colon + 1, &end, 10) : -1;
+    ok = v >= 0 && v <= 1023 && end && *end == '\0';
+    *device = ok ? (int32_t)v : 0;
+    *has_device = ok;
+  }
+  if (!ok)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "backend '%.80s' is not valid: expected auto or a backend name (1 to 63 "
+                          "letters, digits, '_', '-', '.'), optionally followed by :N, a device index 0..1023 "
+                          "(e.g. cuda:1)",
+                          choice ? choice : "");
+  memcpy(name, choice, len);
+  name[len] = '\0';
+  return VELO_OK;
+}
+
+velo_status velo_registry_set_backend_default(velo_registry *r, const char *backend,
+                                              velo_error *err) {
+  char *copy = NULL;
+  if (backend && *backend && !(copy = strdup(backend)))
+    return velo_error_set(err, VELO_RESOURCE_EXHAUSTED, "out of memory");
+  pthread_mutex_lock(&r->lock);
+  free(r->backend_default);
+  r->backend_default = copy;
+  pthread_mutex_unlock(&r->lock);
+  return VELO_OK;
+}
+
+/* A probe reason without its leading "unavailable: " (the messages here
+ * say that already). */
+static const char *why_not(const char *reason) {
+  return strncmp(reason, "unavailable: ", 13) == 0 ? reason + 13 : reason;
+}
+
+/* Checks that backend plugin p has device index device; false (with why)
+ * if it has fewer devices. */
+static bool backend_has_device(const velo_plugin *p, int32_t device, char *why, size_t why_size) {
+  const velo_plugin_descriptor *d = velo_plugin_descriptor_of(p);
+  int32_t n = d->backend->device_count ? d->backend->device_count() : 1;
+  if (device < n) return true;
+  if (n == 1)
+    snprintf(why, why_size, "it has 1 device (%s:0), device %d was asked for", d->name, (int)device);
+  else
+    snprintf(why, why_size, "it has %d devices (%s:0 to %s:%d), device %d was asked for", (int)n, d->name,
+             d->name, (int)n - 1, (int)device);
+  return false;
+}
+
+/* Picks the backend plugin named want (or, for "auto", the first
+ * available of cuda, hip, any other, cpu) that can run device, logging
+ * each one auto passes over and why.  An exact name must exist, probe OK
+ * and have the device. */
+static const velo_plugin *choose_backend(velo_registry *r, const char *want, int32_t device,
+                                         velo_error *err) {
+  char reason[400];
   if (want && *want && strcmp(want, "auto") != 0) {
     const velo_plugin *p = velo_plugin_host_find(r->ph, VELO_PLUGIN_BACKEND, want);
     if (!p) {
-      velo_error_set(err, VELO_NOT_FOUND, "backend '%s' is not available: no such backend plugin was loaded", want);
+      char names[256] = "";
+      size_t used = 0;
+      for (size_t i = 0; i < velo_plugin_host_count(r->ph); i++) {
+        const velo_plugin_descriptor *d = velo_plugin_descriptor_of(velo_plugin_host_get(r->ph, i));
+        if (d->kind != VELO_PLUGIN_BACKEND || used >= sizeof names) continue;
+        int w = snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "", d->name);
+        if (w > 0) used += (size_t)w;
+      }
+      velo_error_set(err, VELO_NOT_FOUND,
+                     "backend '%s' is not available: no such backend plugin was loaded (loaded: %s)", want,
+                     used ? names : "none");
       return NULL;
     }
     if (velo_plugin_probe(p, reason, sizeof reason) != VELO_OK) {
-      velo_error_set(err, VELO_UNAVAILABLE, "backend '%s' cannot run here: %s", want, reason);
+      velo_error_set(err, VELO_UNAVAILABLE, "backend '%s' cannot run here: %s", want, why_not(reason));
+      return NULL;
+    }
+    if (!backend_has_device(p, device, reason, sizeof reason)) {
+      velo_error_set(err, VELO_OUT_OF_RANGE, "backend '%s' cannot run device %s:%d: %s", want, want,
+                     (int)device, reason);
       return NULL;
     }
     return p;
@@ -302,14 +383,25 @@ static const velo_plugin *choose_backend(velo_registry *r, const char *want, vel
   if (cpu && k < 64) order[k++] = cpu;
   for (size_t i = 0; i < k; i++) {
     const char *name = velo_plugin_descriptor_of(order[i])->name;
-    if (velo_plugin_probe(order[i], reason, sizeof reason) == VELO_OK) {
-      velo_log(VELO_LOG_INFO, SRC, "backend auto: chose '%s'", name);
+    if (velo_plugin_probe(order[i], reason, sizeof reason) == VELO_OK &&
+        backend_has_device(order[i], device, reason, sizeof reason)) {
+      velo_log(VELO_LOG_INFO, SRC, "backend auto: chose '%s' (device %s:%d)", name, name, (int)device);
       return order[i];
     }
-    velo_log(VELO_LOG_INFO, SRC, "backend auto: '%s' rejected: %s", name, reason);
+    velo_log(VELO_LOG_INFO, SRC, "backend auto: '%s' rejected: %s", name, why_not(reason));
   }
   velo_error_set(err, VELO_UNAVAILABLE, "no backend plugin can run here (%zu backend(s) tried, see the log for each reason)", k);
   return NULL;
+}
+
+velo_status velo_registry_check_backend(velo_registry *r, const char *backend, velo_error *err) {
+  char name[64];
+  int32_t device;
+  bool has_dev;
+  velo_status st = velo_backend_choice_parse(backend, name, sizeof name, &device, &has_dev, err);
+  if (st != VELO_OK) return st;
+  if (strcmp(name, "auto") == 0) return VELO_OK;
+  return choose_backend(r, name, device, err) ? VELO_OK : (err ? err->code : VELO_UNAVAILABLE);
 }
 
 /* The default served name: file name without directory and ".gguf". */
@@ -384,7 +476,18 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
   if (!tp)
     return velo_error_set(err, VELO_NOT_FOUND, "no task plugin '%s' is loaded (needed for model %s)",
                           task_name, has_path ? path : spec->name);
-  const velo_plugin *bp = choose_backend(r, spec->backend, err);
+  char want[64];
+  int32_t device = spec->device;
+  bool named_device;
+  pthread_mutex_lock(&r->lock);
+  const char *choice = spec->backend ? spec->backend : r->backend_default ? r->backend_default : "auto";
+  velo_status pst = velo_backend_choice_parse(choice, want, sizeof want, &device, &named_device, err);
+  pthread_mutex_unlock(&r->lock);
+  if (pst != VELO_OK) return pst;
+  if (!named_device) device = spec->device;
+  if (device < 0)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT, "device index %d is negative", (int)device);
+  const velo_plugin *bp = choose_backend(r, want, device, err);
   if (!bp) return err ? err->code : VELO_UNAVAILABLE;
 
   entry *e = calloc(1, sizeof *e);
@@ -397,7 +500,7 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
   e->pub.path = strdup(path);
   e->pub.task_name = strdup(task_name);
   e->pub.backend_name = strdup(velo_plugin_descriptor_of(bp)->name);
-  e->pub.device = spec->device;
+  e->pub.device = device;
   e->pub.task = velo_plugin_descriptor_of(tp)->task;
   if (spec->kv_cache_tokens > 0 || spec->kv_cache_bytes > 0) {
     e->pub.kv_cache_tokens = spec->kv_cache_tokens > 0 ? spec->kv_cache_tokens : 0;
@@ -421,7 +524,7 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
     return st;
   }
 
-  velo_backend_options bo = {.struct_size = sizeof bo, .device = spec->device, .n_threads = spec->n_threads};
+  velo_backend_options bo = {.struct_size = sizeof bo, .device = device, .n_threads = spec->n_threads};
   st = e->backend->open(&bo, &e->backend_instance, err);
   if (st != VELO_OK) e->backend_instance = NULL;
   if (st == VELO_OK) {

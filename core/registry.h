@@ -69,8 +69,11 @@ typedef struct velo_model_spec {
   const char *name;      /* NULL: the file name without directory and .gguf */
   const char *path;      /* model file; NULL/"" allowed only with a name */
   const char *task;      /* NULL: "text-generation" */
-  const char *backend;   /* NULL or "auto": best available; else exact */
-  int32_t device;        /* device index (0) */
+  const char *backend;   /* "auto" (best available) or a backend name, either
+                            optionally with ":N", the device index ("cuda:1");
+                            NULL: the registry's default (velo_registry_set_
+                            backend_default), else "auto" */
+  int32_t device;        /* device index (0), unless backend names one */
   int64_t context_length; /* 0: model default */
   int32_t n_threads;     /* backend threads; 0 = default */
   size_t n_params;       /* task-specific configuration, borrowed for the call */
@@ -99,6 +102,29 @@ void velo_registry_destroy(velo_registry *reg);
  * --kv-cache-size): tokens, or, when 0, bytes; 0/0 (the initial value)
  * leaves the size to the task.  Models already loaded keep theirs. */
 void velo_registry_set_kv_cache_default(velo_registry *reg, int64_t tokens, uint64_t bytes);
+
+/* Sets the backend given to every model loaded from now on whose spec has
+ * backend NULL (velod's --backend for repository models without a
+ * "backend" key): "auto", a name, or either with ":N".  NULL or "" means
+ * "auto".  The string is copied; RESOURCE_EXHAUSTED if that fails. */
+velo_status velo_registry_set_backend_default(velo_registry *reg, const char *backend,
+                                              velo_error *err);
+
+/* Splits a backend choice "NAME" or "NAME:N" (NAME "auto" or 1 to 63
+ * letters, digits, '_', '-', '.'; N a device index 0..1023) into name[0..name_size) and, when
+ * it names one, *device (*has_device true).  INVALID_ARGUMENT with a
+ * message naming the value and what is allowed otherwise.  Pure. */
+velo_status velo_backend_choice_parse(const char *choice, char *name, size_t name_size,
+                                      int32_t *device, bool *has_device, velo_error *err);
+
+/* Checks that backend (as velo_backend_choice_parse takes it) can run:
+ * "auto" always can (at worst on the CPU); a named backend must be loaded,
+ * its probe must say available and it must have the device asked for.
+ * NOT_FOUND (no such plugin: the message lists the backends loaded),
+ * UNAVAILABLE (the probe's reason), OUT_OF_RANGE (no such device),
+ * INVALID_ARGUMENT (malformed).  For velod's start-up check of an explicit
+ * --backend.  Thread-safe. */
+velo_status velo_registry_check_backend(velo_registry *reg, const char *backend, velo_error *err);
 
 /* Loads a model.  ALREADY_EXISTS if the name is taken (or being loaded);
  * NOT_FOUND for a missing task or backend plugin; the task's own errors

@@ -215,8 +215,9 @@ static bool scan(velo_repository *repo, bool warn) {
 typedef struct model_config {
   json_object *root;
   const char *task;    /* never NULL after config_read */
-  const char *backend; /* NULL: auto */
+  const char *backend; /* NULL: velod's --backend (default auto); may end in ":N" */
   int32_t device;
+  bool device_set;     /* the "device" key was given */
   int64_t context_length;
   int32_t threads;
   velo_size kv_cache_size; /* 0/0: not set (velod's --kv-cache-size, else the task's) */
@@ -660,6 +661,7 @@ static velo_status config_read(const velo_repository *repo, const char *name, mo
     } else if (strcmp(key, "device") == 0) {
       st = get_int(name, path, key, v, 0, 1023, &x, err);
       c->device = (int32_t)x;
+      c->device_set = true;
     } else if (strcmp(key, "context_length") == 0) {
       st = get_int(name, path, key, v, 0, INT32_MAX, &x, err);
       c->context_length = x;
@@ -675,6 +677,21 @@ static velo_status config_read(const velo_repository *repo, const char *name, mo
                           name, path, show(key, shown), allowed_keys);
     }
     if (st != VELO_OK) return st;
+  }
+  if (c->backend) { /* "cuda", "cuda:1", "auto"; a device in both places must agree */
+    char bname[64];
+    int32_t dev;
+    bool has_dev;
+    velo_error e;
+    velo_error_init(&e);
+    if (velo_backend_choice_parse(c->backend, bname, sizeof bname, &dev, &has_dev, &e) != VELO_OK)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT, "model '%s': %s: key 'backend': %s", name, path,
+                            e.message);
+    if (has_dev && c->device_set && dev != c->device)
+      return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                            "model '%s': %s: key 'backend' names device %d ('%s') but key 'device' is %d: "
+                            "give the device once",
+                            name, path, (int)dev, c->backend, (int)c->device);
   }
   if (file) return check_file(repo, name, path, file, c, err);
   if (task_needs_file(c->task))

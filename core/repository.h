@@ -14,7 +14,9 @@
  *     "file": "model.gguf",           model file, relative to the model's
  *                                     directory (required unless the task
  *                                     needs no file, e.g. "identity")
- *     "backend": "auto",              "auto" or a backend name
+ *     "backend": "auto",              "auto" or a backend name, either optionally
+ *                                     with ":N", the device ("cuda:1"); default:
+ *                                     velod's --backend
  *     "device": 0,                    device index
  *     "context_length": 2048,         tokens per sequence (0: the model's)
  *     "threads": 0,                   backend threads (0: the backend's choice)

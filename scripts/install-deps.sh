@@ -20,6 +20,11 @@ set -eu
 #   python3 python3-grpcio python3-protobuf    end-to-end tests (run by /usr/bin/python3)
 #   python3-numpy python3-pytest
 #   valgrind                                   memory checks by hand (not run by the suite)
+#   hipcc libamdhip64-dev                      the HIP backend (ROCm 5.2; ~350 MB): CI builds it so
+#                                              that a change breaking GPU code fails CI.  The CUDA
+#                                              backend needs NVIDIA's toolkit (not a Debian package;
+#                                              /usr/local/cuda is found when present).  Set
+#                                              VELO_DEPS_NO_HIP=1 to skip hipcc.
 PACKAGES="
 build-essential
 cmake
@@ -39,6 +44,9 @@ python3-numpy
 python3-pytest
 valgrind
 "
+if [ "${VELO_DEPS_NO_HIP:-0}" != 1 ]; then
+  PACKAGES="$PACKAGES hipcc libamdhip64-dev"
+fi
 
 # is_installed PKG: true when dpkg has PKG fully installed.
 is_installed() {

@@ -96,8 +96,11 @@ static void usage(FILE *f) {
           "                          models/" DEFAULT_MODEL_FILE " of the source tree, or\n"
           "                          ../shared/models/ next to it\n"
           "  --plugin-dir DIR        look for plugins in DIR first\n"
-          "  --backend auto|NAME     compute backend (default auto: the best available,\n"
-          "                          falling back to cpu)\n"
+          "  --backend auto|NAME[:N] compute backend and device, e.g. cuda:1 (default auto:\n"
+          "                          the best available, falling back to cpu, each rejected\n"
+          "                          backend logged with its reason); a named backend that\n"
+          "                          cannot run here stops velod at start-up.  Also for\n"
+          "                          repository models whose config.json sets no backend\n"
           "  --threads N             backend threads per model (default: the backend's)\n"
           "  --ctx-size N            context length per sequence, in tokens\n"
           "                          (default: the model's)\n"
@@ -287,10 +290,18 @@ static void parse_options(int argc, char **argv, velod_options *o) {
       case OPT_PLUGIN_DIR:
         o->plugin_dir = optarg;
         break;
-      case OPT_BACKEND:
+      case OPT_BACKEND: {
+        char name[64];
+        int32_t dev;
+        bool has_dev;
+        velo_error err;
+        velo_error_init(&err);
         if (optarg[0] == '\0') bad_usage("--backend needs a name or 'auto'");
+        if (velo_backend_choice_parse(optarg, name, sizeof name, &dev, &has_dev, &err) != VELO_OK)
+          bad_usage("--backend: %s", err.message);
         o->backend = optarg;
         break;
+      }
       case OPT_THREADS:
         o->threads = (int32_t)parse_int("--threads", optarg, 1, 1024);
         break;
@@ -697,6 +708,13 @@ int main(int argc, char **argv) {
   /* --kv-cache-size: for --model models and repository models whose
    * config.json sets no kv_cache_size. */
   velo_registry_set_kv_cache_default(reg, o.kv_cache.tokens, o.kv_cache.bytes);
+  /* --backend: for --model models and repository models whose config.json
+   * sets no backend; a named backend that cannot run stops us now. */
+  if (velo_registry_set_backend_default(reg, o.backend, &err) != VELO_OK ||
+      velo_registry_check_backend(reg, o.backend, &err) != VELO_OK) {
+    velo_log(VELO_LOG_ERROR, LOG_SOURCE, "--backend %s: %s", o.backend, err.message);
+    goto out;
+  }
   if (!load_models(reg, &o)) goto out;
   /* The repository after the --model models (a name taken by one of them
    * leaves the repository's model UNAVAILABLE). */
