@@ -243,7 +243,7 @@ static const char *json_kind(json_object *v) {
   switch (json_object_get_type(v)) {
     case json_type_null: return "null";
     case json_type_boolean: return "a boolean";
-    case json_type_double: return "a number with a fraction";
+    case json_type_double: return "a number with a fraction or exponent";
     case json_type_int: return "an integer";
     case json_type_object: return "an object";
     case json_type_array: return "an array";

@@ -767,7 +767,7 @@ int main(int argc, char **argv) {
            o.max_receive, o.max_send);
 
   serve_until_signal(srv, &signals);
-  velo_log(VELO_LOG_INFO, LOG_SOURCE, "server stopped (%llu generate call(s) were cancelled)",
+  velo_log(VELO_LOG_INFO, LOG_SOURCE, "server stopped (%llu generate call(s) were cancelled over its lifetime, by clients, deadlines or the shutdown)",
            (unsigned long long)velo_server_cancelled_count(srv));
   rc = 0;
 

@@ -58,6 +58,8 @@
 #define SRC "text-generation"
 #define KV_BLOCK_SIZE 16                      /* token slots per KV block */
 #define DEFAULT_POOL_BYTES ((uint64_t)1 << 30) /* default pool cap: 1 GiB */
+/* Slots are int32 in a batch: the largest pool, in whole blocks. */
+#define KV_MAX_TOKENS ((int64_t)(INT32_MAX / KV_BLOCK_SIZE - 1) * KV_BLOCK_SIZE)
 
 typedef struct seq {
   struct seq *next;
@@ -767,7 +769,7 @@ static velo_status size_pool(velo_model *m, const velo_model_config *cfg, int64_
     /* Whole blocks that fit in the bytes given: never more memory than
      * asked for. */
     uint64_t t = cfg->kv_cache_bytes / per_token / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
-    want = t > INT32_MAX - KV_BLOCK_SIZE ? INT32_MAX / KV_BLOCK_SIZE * KV_BLOCK_SIZE - KV_BLOCK_SIZE : (int64_t)t;
+    want = t > (uint64_t)KV_MAX_TOKENS ? KV_MAX_TOKENS + 1 : (int64_t)t;
     how = "kv_cache_size";
   } else {
     int64_t by_bytes = (int64_t)(DEFAULT_POOL_BYTES / per_token);
@@ -783,7 +785,13 @@ static velo_status size_pool(velo_model *m, const velo_model_config *cfg, int64_
                           "context length",
                           m->name, (long long)want, how, per_token, (long long)m->n_ctx,
                           (long long)m->n_ctx, (unsigned long long)((uint64_t)m->n_ctx * per_token));
-  if (want > INT32_MAX - KV_BLOCK_SIZE) want = INT32_MAX - KV_BLOCK_SIZE;
+  if (want > KV_MAX_TOKENS)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "model '%s': kv_cache_size (or --kv-cache-size) asks for more than %lld "
+                          "tokens (%zu bytes per token), the most one pool can index; allowed: "
+                          "%lld..%lld tokens",
+                          m->name, (long long)KV_MAX_TOKENS, per_token, (long long)m->n_ctx,
+                          (long long)KV_MAX_TOKENS);
   *slots = (int64_t)blocks_for((size_t)want) * KV_BLOCK_SIZE;
   return VELO_OK;
 }
@@ -876,9 +884,24 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
     model_free(m);
     return st;
   }
-  if ((st = size_pool(m, cfg, &m->pool_slots, err)) != VELO_OK ||
-      (st = kv_pool_create((int32_t)(m->pool_slots / KV_BLOCK_SIZE), KV_BLOCK_SIZE, &m->pool, err)) != VELO_OK ||
-      (st = llama_kv_pool_create(m->llama, m->pool_slots, &m->kvmem, err)) != VELO_OK) {
+  if ((st = size_pool(m, cfg, &m->pool_slots, err)) != VELO_OK) {
+    model_free(m);
+    return st;
+  }
+  /* The K/V memory first: it is the big allocation, and the bookkeeping
+   * tables (a few bytes per token) are only built once it exists. */
+  if ((st = llama_kv_pool_create(m->llama, m->pool_slots, &m->kvmem, err)) != VELO_OK) {
+    char msg[VELO_ERROR_MESSAGE_MAX];
+    snprintf(msg, sizeof msg, "%s", err ? err->message : "");
+    long long slots = (long long)m->pool_slots;
+    double bytes = (double)m->pool_slots * (double)llama_kv_bytes_per_token(m->llama);
+    model_free(m);
+    return velo_error_set(err, st,
+                          "%s: the KV cache of %lld tokens (%.0f bytes; kv_cache_size or "
+                          "--kv-cache-size) cannot be allocated: %s",
+                          cfg->path, slots, bytes, msg);
+  }
+  if ((st = kv_pool_create((int32_t)(m->pool_slots / KV_BLOCK_SIZE), KV_BLOCK_SIZE, &m->pool, err)) != VELO_OK) {
     model_free(m);
     return st;
   }
@@ -1008,7 +1031,11 @@ velo_status textgen_submit(velo_model *m, const velo_request *req, velo_error *e
   /* Room: max_queue waiting beyond the running slots (queued requests
    * fill free slots at the engine's next round). */
   if (m->n_queued + m->n_running >= m->max_active + m->max_queue) {
-    size_t waiting = m->n_queued, running = m->n_running;
+    /* Requests queued while a running slot is free take it at the
+     * engine's next step: count them as running, so the message never
+     * shows more waiting than max_queue_size. */
+    size_t total = m->n_queued + m->n_running;
+    size_t running = total < m->max_active ? total : m->max_active, waiting = total - running;
     pthread_mutex_unlock(&m->lock);
     seq_free(m, s);
     return velo_error_set(err, VELO_RESOURCE_EXHAUSTED,

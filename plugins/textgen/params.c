@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <float.h>
 #include <time.h>
 
 #include "tokenizer.h"
@@ -28,6 +29,15 @@ static velo_status param_double(const velo_param *p, double *out, velo_error *er
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "parameter %s must be a number", p->key);
   if (!isfinite(*out))
     return velo_error_set(err, VELO_INVALID_ARGUMENT, "parameter %s must be a finite number", p->key);
+  /* The sampler works in 32-bit floats: a value that would overflow to
+   * infinity or underflow (to 0 or a subnormal) there would silently mean
+   * something else. */
+  double mag = fabs(*out);
+  if (mag > FLT_MAX || (mag != 0.0 && mag < FLT_MIN))
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "parameter %s is %g, outside the range of a 32-bit float; allowed: 0 or "
+                          "a magnitude from %g to %g",
+                          p->key, *out, (double)FLT_MIN, (double)FLT_MAX);
   return VELO_OK;
 }
 
@@ -156,7 +166,7 @@ velo_status textgen_params_parse(const velo_request *req, textgen_params *p, vel
     } else if (strcmp(k, "top_k") == 0) {
       if ((st = param_int(q, &n, err))) break;
       if (n < 0 || n > INT32_MAX)
-        st = velo_error_set(err, VELO_INVALID_ARGUMENT, "top_k must be >= 0 (0 = off), got %lld", (long long)n);
+        st = velo_error_set(err, VELO_INVALID_ARGUMENT, "top_k must be in 0..2147483647 (0 = off), got %lld", (long long)n);
       p->sampling.top_k = (int32_t)n;
     } else if (strcmp(k, "top_p") == 0) {
       if ((st = param_double(q, &d, err))) break;
@@ -173,7 +183,7 @@ velo_status textgen_params_parse(const velo_request *req, textgen_params *p, vel
     } else if (strcmp(k, "repeat_last_n") == 0) {
       if ((st = param_int(q, &n, err))) break;
       if (n < 0 || n > INT32_MAX)
-        st = velo_error_set(err, VELO_INVALID_ARGUMENT, "repeat_last_n must be >= 0, got %lld", (long long)n);
+        st = velo_error_set(err, VELO_INVALID_ARGUMENT, "repeat_last_n must be in 0..2147483647, got %lld", (long long)n);
       p->sampling.repeat_last_n = (int32_t)n;
     } else if (strcmp(k, "seed") == 0) {
       if ((st = param_int(q, &n, err))) break;

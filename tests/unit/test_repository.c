@@ -209,7 +209,7 @@ static const bad_case bad_cases[] = {
     {"kv-negative", "{\"task\": \"identity\", \"kv_cache_size\": -4}", "key 'kv_cache_size': '-4' is negative"},
     {"kv-fraction", "{\"task\": \"identity\", \"kv_cache_size\": 1.5}",
      "key 'kv_cache_size' must be an integer (token slots) or a string such as \"512MiB\", got a number with a "
-     "fraction 1.5"},
+     "fraction or exponent 1.5"},
     {"kv-bool", "{\"task\": \"identity\", \"kv_cache_size\": true}", "got a boolean true"},
     {"kv-beyond-64-bits", "{\"task\": \"identity\", \"kv_cache_size\": 99999999999999999999}",
      "key 'kv_cache_size' is a number out of range (beyond 64 bits)"},
