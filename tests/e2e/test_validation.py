@@ -319,6 +319,17 @@ def test_validation_on_the_stream(infer):
     assert out["x"].raw == F4
 
 
+# ---- sampling parameters outside the range of a 32-bit float ----------------------------------
+@pytest.mark.parametrize("key,value", [("temperature", 1e300), ("top_p", 1e-300),
+                                       ("repeat_penalty", 1e-300), ("min_p", 1e-45),
+                                       ("temperature", -1e39)])
+def test_sampling_parameter_outside_float_range(infer, key, value):
+    """The sampler works in float32: a DOUBLE that would become infinity or
+    underflow there is refused, never silently turned into greedy or 0."""
+    req = oip.text_request(TEXTGEN, "Once upon a time", max_tokens=4, **{key: value})
+    refused(infer, req, key, "32-bit float")
+
+
 # ---- and afterwards ------------------------------------------------------------------------------
 def test_zz_still_ready_and_serving(server, server_channel, infer, prompts):
     """Runs last in this module (pytest keeps file order): after every bad
