@@ -3,7 +3,7 @@
  * (this machine's CPU), instances with a persistent thread pool, host
  * memory buffers, and graph compute (node kernels are in ops.c).
  *
- * Environment: VELO_CPU_ISA=scalar|avx2 makes open() use that kernel
+ * Environment: VELO_CPU_ISA=scalar|avx2|avx512 makes open() use that kernel
  * variant instead of the fastest available one (for comparing results; an
  * unavailable variant makes open() fail with INVALID_ARGUMENT).
  */
@@ -51,9 +51,15 @@ static bool proc_field(const char *path, const char *key, char *out, size_t out_
   return found;
 }
 
-/* probe(): the CPU backend always runs. */
+static velo_status choose_vec(const velo_cpu_vec **out, velo_error *err);
+
+/* probe(): the CPU backend always runs; the reason names the kernel variant
+ * open() will use ("available; kernels: AVX-512"), which `velod
+ * --list-plugins` shows. */
 static velo_status cpu_probe(char *reason, size_t reason_size) {
-  if (reason && reason_size > 0) snprintf(reason, reason_size, "available");
+  const velo_cpu_vec *vec;
+  if (choose_vec(&vec, NULL) != VELO_OK) vec = velo_cpu_vec_best();
+  if (reason && reason_size > 0) snprintf(reason, reason_size, "available; kernels: %s", vec->name);
   return VELO_OK;
 }
 
@@ -64,7 +70,8 @@ static int32_t cpu_device_count(void) { return 1; }
 #define DEVICE_INFO_SIZE_1_0 offsetof(velo_device_info, batch_invariant)
 
 /* device_info(): name from /proc/cpuinfo "model name" and the online CPU
- * count; description names the kernel variant; memory from sysconf, with
+ * count; description names the kernel variant open() will use (VELO_CPU_ISA
+ * or the fastest); memory from sysconf, with
  * "free" taken as /proc/meminfo MemAvailable when present (MemFree alone
  * ignores reclaimable page cache, e.g. a memory-mapped model).
  * batch_invariant (written only when out->struct_size covers it; an ABI 1.0
@@ -86,11 +93,17 @@ static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_er
     snprintf(model, sizeof model, "CPU");
   int n = online_cpus();
   snprintf(out->name, sizeof out->name, "%.100s (%d thread%s)", model, n, n == 1 ? "" : "s");
-  const velo_cpu_vec *vec = velo_cpu_vec_best();
+  const velo_cpu_vec *vec;
+  if (choose_vec(&vec, NULL) != VELO_OK) vec = velo_cpu_vec_best();
+  static const char *const isa_detail[] = {
+      [VELO_CPU_ISA_SCALAR] = "",
+      [VELO_CPU_ISA_AVX2] = " + FMA + F16C (bit-identical to portable C)",
+      [VELO_CPU_ISA_AVX512] = " F/BW/VL/VNNI (bit-identical to portable C)",
+  };
   snprintf(out->description, sizeof out->description,
            "kernels: %s%s; weights F32, F16, Q8_0, Q4_0 with llama.cpp arithmetic "
            "(Q8_0 activations for Q8_0/Q4_0, fp16 activations for F16); batch-invariant",
-           vec->name, vec->isa == VELO_CPU_ISA_AVX2 ? " + F16C (bit-identical to portable C)" : "");
+           vec->name, isa_detail[vec->isa]);
   long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
   long page = sysconf(_SC_PAGESIZE);
   out->memory_total = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
@@ -126,9 +139,11 @@ static velo_status choose_vec(const velo_cpu_vec **out, velo_error *err) {
     isa = VELO_CPU_ISA_SCALAR;
   else if (strcasecmp(env, "avx2") == 0)
     isa = VELO_CPU_ISA_AVX2;
+  else if (strcasecmp(env, "avx512") == 0 || strcasecmp(env, "avx-512") == 0)
+    isa = VELO_CPU_ISA_AVX512;
   else
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
-                          "cpu: VELO_CPU_ISA=%.64s is not one of scalar, avx2", env);
+                          "cpu: VELO_CPU_ISA=%.64s is not one of scalar, avx2, avx512", env);
   *out = velo_cpu_vec_for(isa);
   if (!*out)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
@@ -307,9 +322,8 @@ static velo_status cpu_compute(velo_backend_instance *inst, const velo_graph *gr
     velo_status st = velo_cpu_node_check(node, i, err);
     if (st != VELO_OK) return st;
   }
-  for (size_t i = 0; i < graph->n_nodes; i++) {
-    velo_status st =
-        velo_cpu_node_compute(inst, (const velo_graph_node *)(base + i * stride), i, err);
+  for (size_t i = 0, done = 0; i < graph->n_nodes; i += done) {
+    velo_status st = velo_cpu_graph_step(inst, base, stride, i, graph->n_nodes, &done, err);
     if (st != VELO_OK) return st;
   }
   return VELO_OK;

@@ -76,6 +76,19 @@ velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_
 velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_node *node,
                                   size_t index, velo_error *err);
 
+/* Computes node i of the n_nodes nodes at nodes (stride bytes apart, all
+ * passed velo_cpu_node_check) and sets *done to the number of nodes it
+ * computed: 1, or more when node i is a MUL_MAT with Q8_0/Q4_0 weights and
+ * the nodes after it are MUL_MATs of the same weight dtype on the same
+ * activations (a transformer's q/k/v or gate/up projections) that can run
+ * as one job with identical results (no dst overlapping an input of the
+ * group).  Errors as velo_cpu_node_compute, and then nothing of node i
+ * (nor of a group starting there) is written; a node whose data check
+ * fails is never part of a group, so it fails by its own index after the
+ * nodes before it were computed, as in node order. */
+velo_status velo_cpu_graph_step(velo_backend_instance *inst, const char *nodes, size_t stride,
+                                size_t i, size_t n_nodes, size_t *done, velo_error *err);
+
 #ifdef __cplusplus
 }
 #endif

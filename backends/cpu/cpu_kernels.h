@@ -12,16 +12,20 @@
  *  - FP16 is IEEE 754 binary16; float -> half rounds to nearest, ties to
  *    even, with subnormals, infinities and NaN handled.
  *  - Q8_0/Q4_0 products first quantize the activation to Q8_0 blocks
- *    (d = amax/127 as fp16, q = round-half-even(x * 127/amax)), then take an
- *    exact int32 dot per block and accumulate (d_w * d_x) * (float)sumi in
- *    float, block after block.
+ *    (d = amax/127 as fp16, q = round-half-even(x * 127/amax)), then take
+ *    exact int32 partial dots and accumulate them in 16 float lanes with a
+ *    fused multiply-add ("Integer block dot products" below: the exact
+ *    order, which every ISA variant, every batch size and every thread
+ *    count reproduces to the bit).
  *  - Float dot products (F32, F16) accumulate in 8 float lanes (element k
  *    goes to lane k % 8, multiply then add, no FMA) and reduce the lanes in
  *    one fixed order, so every ISA variant gives the same bits.
  *
  * ISA variants: a velo_cpu_vec table holds one implementation of each
  * primitive.  The portable C table is the reference; the AVX2 table (x86-64
- * with AVX2 and F16C, chosen at run time) returns bit-identical results.
+ * with AVX2, FMA and F16C) and the AVX-512 table (AVX-512 F, BW, VL and
+ * VNNI besides), each chosen at run time from CPUID, return bit-identical
+ * results.
  */
 #ifndef VELO_CPU_KERNELS_H
 #define VELO_CPU_KERNELS_H
@@ -112,17 +116,73 @@ static inline float velo_lanes_sum8(const float l[8]) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Integer block dot products (Q8_0 and Q4_0 weights)                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The product of a weight row w (Q8_0 or Q4_0, nb = K/32 blocks) with an
+ * activation column quantized to Q8_0 blocks x (scales d_x[b], quants
+ * q_x[b][0..31]) is defined by these float operations, which every ISA
+ * variant performs for every output, whatever the batch size M, the tiling
+ * and the thread count (so an output's bits depend only on its weight row
+ * and its own column: batch invariance):
+ *
+ *  1. v[b][i] is weight element i of block b as an integer: the Q8_0 int8,
+ *     or the Q4_0 nibble minus 8 (-8..7).
+ *  2. For each block b and k = 0..3 the exact integer partial sum
+ *       S[b][k] = sum of v[b][i] * q_x[b][i] over the 8 elements
+ *                 i = 4k..4k+3 and 16+4k..16+4k+3
+ *     (the k-th run of four in each half of the block; |S| <= 130048 <
+ *     2^24, so (float)S is exact).  Two vpdpbusd (or maddubs+madd) steps on
+ *     the same int32 lane produce it.
+ *  3. scale[b] = fp32(d_w[b]) * fp32(d_x[b]), rounded to float.
+ *  4. Sixteen float accumulators A[0..15] start at +0.  For b = 0, 1, ...,
+ *     nb-1 in order, and each k: A[L] = fmaf(scale[b], (float)S[b][k], A[L])
+ *     (one rounding) with L = 4*(b%4) + k.  So a 512-bit register holds a
+ *     group of four consecutive blocks, four lanes each.
+ *  5. Result: t[i] = A[i] + A[i+8] (i < 8), u[i] = t[i] + t[i+4] (i < 4),
+ *     r[i] = u[i] + u[i+2] (i < 2), result = r[0] + r[1].
+ *
+ * llama.cpp's x86 dot products have the same steps 1 and 3; they add one
+ * block per step into 8 float lanes of 4-element sums (one rounding more
+ * per 8 elements than here).
+ *
+ * The matrix kernels read each activation column in a prepared form
+ * ("qcol"), made once per column and node by qcol_prepare: one 256-byte
+ * record (64-byte aligned) per group of four blocks 4p..4p+3 (blocks
+ * missing from the last group count as all zero and add nothing):
+ *   bytes   0..63:  quants 0..15 of the four blocks (16 bytes each), and
+ *   bytes  64..127: quants 16..31 of the four blocks: bytes 4L..4L+3 of
+ *                   each are the quants that meet lane L's weights;
+ *   bytes 128..191: int32 bias[L] = -off * (sum of lane L's 8 quants),
+ *                   off = 128 for Q8_0, 8 for Q4_0: with unsigned weight
+ *                   bytes u = v + off, S = bias + sum u*q (vpdpbusd);
+ *   bytes 192..255: float dx[L] = fp32(d_x) of block 4p + L/4.
+ */
+
+#define VELO_QCOL_GROUP 4          /* blocks per prepared-column record */
+#define VELO_QCOL_RECORD_BYTES 256 /* bytes per record */
+
+/* Bytes of a prepared column of K elements (K a multiple of 32, >= 0). */
+static inline size_t velo_qcol_bytes(int64_t K) {
+  return (size_t)((K / 32 + VELO_QCOL_GROUP - 1) / VELO_QCOL_GROUP) * VELO_QCOL_RECORD_BYTES;
+}
+
+/* ------------------------------------------------------------------ */
 /* Vector primitives, one table per ISA variant                         */
 /* ------------------------------------------------------------------ */
 
 typedef enum velo_cpu_isa {
   VELO_CPU_ISA_SCALAR = 0, /* portable C, the reference */
-  VELO_CPU_ISA_AVX2 = 1    /* x86-64 AVX2 + F16C */
+  VELO_CPU_ISA_AVX2 = 1,   /* x86-64 AVX2 + FMA + F16C */
+  VELO_CPU_ISA_AVX512 = 2  /* the above + AVX-512 F, BW, VL, VNNI */
 } velo_cpu_isa;
+
+#define VELO_CPU_ISA_LAST VELO_CPU_ISA_AVX512
 
 typedef struct velo_cpu_vec {
   velo_cpu_isa isa;
-  const char *name; /* "portable C", "AVX2" */
+  const char *name; /* "portable C", "AVX2", "AVX-512" */
 
   /* sum_k x[k]*y[k], n >= 0, 8-lane float accumulation (see top). */
   float (*dot_f32)(const float *x, const float *y, int64_t n);
@@ -140,12 +200,19 @@ typedef struct velo_cpu_vec {
    * (round half to even).  Every q is in [-127, 127]. */
   void (*quantize_row_q8_0)(const float *x, velo_block_q8_0 *y, int64_t n);
 
-  /* Dot of n weights (n a multiple of 32) with an activation row quantized
-   * by quantize_row_q8_0 (its qs must lie in [-127, 127]):
-   * acc += (fp32(d_w) * fp32(d_x)) * (float)sumi per block, in block order,
-   * sumi the exact int32 dot of the block's quants. */
-  float (*dot_q8_0_q8_0)(const velo_block_q8_0 *w, const velo_block_q8_0 *x, int64_t n);
-  float (*dot_q4_0_q8_0)(const velo_block_q4_0 *w, const velo_block_q8_0 *x, int64_t n);
+  /* Prepares one activation column of K floats (K a multiple of 32) for
+   * weights of dtype wt (Q8_0 or Q4_0): quantizes it exactly as
+   * quantize_row_q8_0 and writes velo_qcol_bytes(K) bytes at col (64-byte
+   * aligned) in the layout above.  Every variant writes the same bytes. */
+  void (*qcol_prepare)(velo_dtype wt, const float *x, int64_t K, void *col);
+
+  /* Matrix product on prepared columns: for r < nr and c < nc,
+   * dst[c][off + r] = the product (above) of weight row r, which starts at
+   * (const char *)w + r * w_stride, with the column prepared at
+   * (const char *)cols + c * col_stride (a multiple of 64).  wt is Q8_0 or
+   * Q4_0, K a multiple of 32.  Writes nothing else. */
+  void (*mul_mat_q)(velo_dtype wt, const void *w, size_t w_stride, int64_t nr, const void *cols,
+                    size_t col_stride, int64_t nc, int64_t K, float *const *dst, int64_t off);
 } velo_cpu_vec;
 
 /* The table for isa, or NULL when that variant was not compiled in or this
@@ -161,8 +228,26 @@ float velo_dot_f32_ref(const float *x, const float *y, int64_t n);
 float velo_dot_f16_ref(const uint16_t *x, const uint16_t *y, int64_t n);
 float velo_dot_f16_f32_ref(const uint16_t *x, const float *y, int64_t n);
 void velo_quantize_row_q8_0_ref(const float *x, velo_block_q8_0 *y, int64_t n);
+
+/* Lays out one group of n quantized blocks xb[0..n-1] (1 <= n <= 4) as a
+ * record of a prepared column for weights of dtype wt (see above); out is
+ * VELO_QCOL_RECORD_BYTES bytes, 64-byte aligned.  Portable; the ISA
+ * variants' qcol_prepare give the same bytes. */
+void velo_qcol_record_ref(velo_dtype wt, const velo_block_q8_0 *xb, int n, void *out);
+
+/* The product of one weight row with one quantized activation row, n
+ * elements (a multiple of 32), computed from the blocks directly by the
+ * definition above: the reference the matrix kernels are tested against. */
 float velo_dot_q8_0_q8_0_ref(const velo_block_q8_0 *w, const velo_block_q8_0 *x, int64_t n);
 float velo_dot_q4_0_q8_0_ref(const velo_block_q4_0 *w, const velo_block_q8_0 *x, int64_t n);
+
+/* Step 5 of the definition: the fixed reduction of 16 lanes. */
+static inline float velo_lanes_sum16(const float a[16]) {
+  float t[8], u[4];
+  for (int i = 0; i < 8; i++) t[i] = a[i] + a[i + 8];
+  for (int i = 0; i < 4; i++) u[i] = t[i] + t[i + 4];
+  return (u[0] + u[2]) + (u[1] + u[3]);
+}
 
 #ifdef __cplusplus
 }

@@ -8,17 +8,22 @@
  * (output rows of the weight matrix for MUL_MAT, (token, head) pairs for
  * ATTENTION and ATTENTION_PAGED, source rows for SET_ROWS), and every
  * output element is computed by one thread in one fixed order, so results
- * are bit-identical whatever the thread count.
+ * are bit-identical whatever the thread count.  Consecutive MUL_MATs with
+ * Q8_0/Q4_0 weights on the same activations (q/k/v, gate/up) run as one
+ * job (velo_cpu_graph_step): one activation preparation, one pool run over
+ * the weight rows of all of them, the same outputs.
  *
  * Batch invariance (velo_device_info.batch_invariant): the arithmetic that
  * produces one token's output never depends on the other tokens of the
  * node.  MUL_MAT converts each activation column on its own and computes
  * every dst[n, m] with one full-length dot product of weight row n and
- * column m (the same function for every M, M = 1 included; the tiling only
- * orders independent dot products); ATTENTION and ATTENTION_PAGED compute
- * each (token, head) pair alone over its own positions; the other ops are
- * row-wise.  The thread count (which does depend on the node's size) only
- * decides who computes an output, never how.
+ * column m in one fixed order (for Q8_0/Q4_0 weights the arithmetic defined
+ * in cpu_kernels.h, whichever tile of the matrix kernel computes it; the
+ * tiling only orders independent dot products); ATTENTION and
+ * ATTENTION_PAGED compute each (token, head) pair alone over its own
+ * positions; the other ops are row-wise.  The thread count (which does
+ * depend on the node's size) only decides who computes an output, never
+ * how.
  *
  * Tensors: ne[0] is the row length and must be contiguous (nb[0] = element
  * or block size); rows are addressed through nb[1..3], so views with gaps
@@ -31,6 +36,7 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -472,12 +478,28 @@ static velo_status scratch_reserve(velo_backend_instance *inst, size_t size, siz
 /* Kernels.  Each is fn(arg, ith, nth) for velo_cpu_pool_run.           */
 /* ------------------------------------------------------------------ */
 
+/* Most MUL_MAT nodes computed together (consecutive, same activations). */
+#define Q_MAX_GROUP 4
+
+/* One MUL_MAT of a group of integer-block products: its weights, the dst
+ * row (output column) pointers, and its first row in the group's row
+ * numbering (the weight rows of the group's nodes one after another). */
+typedef struct q_part {
+  const velo_tensor *w;
+  float *const *dst_cols;
+  int64_t row0;
+} q_part;
+
 /* What a kernel needs besides the node; on the caller's stack for one run. */
 typedef struct op_args {
   const velo_graph_node *node;
   const velo_cpu_vec *vec;
   void *scratch;
   size_t col_bytes;     /* MUL_MAT: bytes of one converted activation column */
+  int n_parts;          /* MUL_MAT Q8_0/Q4_0: nodes in the group, and ... */
+  q_part parts[Q_MAX_GROUP];
+  int64_t total_rows;   /* ... their weight rows in all */
+  atomic_llong *next_row; /* MUL_MAT Q8_0/Q4_0: first group row not yet taken */
   float theta_scale;    /* ROPE */
   int64_t scratch_per_thread; /* ATTENTION: floats of score space per thread */
 } op_args;
@@ -545,8 +567,8 @@ static void k_binary(void *p, int ith, int nth) {
 }
 
 /* MUL_MAT phase 1: converts the activation columns (rows of src1) to the
- * weight type's partner format in scratch: Q8_0 blocks for Q8_0/Q4_0
- * weights, fp16 for F16 weights. */
+ * weight type's partner format in scratch: prepared Q8_0 columns (qcol,
+ * cpu_kernels.h) for Q8_0/Q4_0 weights, fp16 for F16 weights. */
 static void k_mul_mat_convert(void *p, int ith, int nth) {
   const op_args *a = p;
   const velo_tensor *w = a->node->src[0], *x = a->node->src[1];
@@ -559,13 +581,89 @@ static void k_mul_mat_convert(void *p, int ith, int nth) {
     if (w->dtype == VELO_DTYPE_F16)
       a->vec->fp32_to_fp16_row(col, (uint16_t *)out, K);
     else
-      a->vec->quantize_row_q8_0(col, (velo_block_q8_0 *)out, K);
+      a->vec->qcol_prepare(w->dtype, col, K, out);
   }
 }
 
-/* MUL_MAT phase 2: dst[n, m] = dot(weight row n, column m) for the weight
- * rows n of this thread's share.  Tiles of rows x columns keep a few weight
- * rows in L1 while the columns stream from L2. */
+/* Work sharing and cache blocking of the integer-block product.  Threads
+ * take runs of weight rows from a shared cursor, largest first ("guided":
+ * a run is 3/4 of the rows left / threads, at least Q_MIN_RUN rows, a
+ * multiple of 4), so a thread that is slowed down (a busy core, a late
+ * wake-up) leaves less undone at the end than with a fixed split, while
+ * the runs stay long enough for the hardware prefetcher (measured against
+ * 1/2 and 1/(threads+1) of the rows left, a fixed split, and smaller
+ * minimum runs: this was fastest on decode-sized products).  Inside
+ * a run, a chunk of Q_ROW_CHUNK rows meets the columns Q_COL_CHUNK_BYTES
+ * at a time when they do not all fit, so that the chunk's weights stay in
+ * L2 while the columns stream past them.  None of this changes any result:
+ * each output is computed whole by one call, with the arithmetic of
+ * cpu_kernels.h. */
+#define Q_MIN_RUN 64
+#define Q_ROW_CHUNK 64
+#define Q_COL_CHUNK_BYTES (384 * 1024)
+
+/* Takes the next run of rows: sets [*r0, *r0 + *n) and returns true, or
+ * false when every row is taken. */
+static bool take_rows(atomic_llong *next, int64_t N, int nth, int64_t *r0, int64_t *n) {
+  long long cur = atomic_load_explicit(next, memory_order_relaxed);
+  for (;;) {
+    const int64_t left = N - cur;
+    if (left <= 0) return false;
+    int64_t run = left * 3 / (4 * nth);
+    run = (run + 3) / 4 * 4;
+    if (run < Q_MIN_RUN) run = Q_MIN_RUN;
+    if (run > left) run = left;
+    if (atomic_compare_exchange_weak_explicit(next, &cur, cur + run, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+      *r0 = cur;
+      *n = run;
+      return true;
+    }
+  }
+}
+
+/* Rows [b, e) of one weight matrix against every prepared column, in
+ * cache-blocked calls of the ISA's matrix kernel. */
+static void mul_mat_q_rows(const op_args *a, const q_part *part, int64_t b, int64_t e,
+                           int64_t M) {
+  const velo_tensor *w = part->w;
+  const int64_t K = w->ne[0];
+  int64_t col_chunk = (int64_t)(Q_COL_CHUNK_BYTES / a->col_bytes);
+  if (col_chunk < 4) col_chunk = 4;
+  /* all columns in one chunk: the whole run at once (long weight streams) */
+  const int64_t row_chunk = M <= col_chunk ? e - b : Q_ROW_CHUNK;
+  for (int64_t r0 = b; r0 < e; r0 += row_chunk) {
+    const int64_t nr = e - r0 < row_chunk ? e - r0 : row_chunk;
+    const char *wr = (const char *)w->data + (size_t)r0 * w->nb[1];
+    for (int64_t c0 = 0; c0 < M; c0 += col_chunk) {
+      const int64_t nc = M - c0 < col_chunk ? M - c0 : col_chunk;
+      a->vec->mul_mat_q(w->dtype, wr, w->nb[1], nr,
+                        (const char *)a->scratch + (size_t)c0 * a->col_bytes, a->col_bytes, nc,
+                        K, part->dst_cols + c0, r0);
+    }
+  }
+}
+
+/* MUL_MAT phase 2 for Q8_0/Q4_0 weights: runs of rows of the group taken
+ * from the shared cursor (a run may span two nodes' matrices), against
+ * every prepared column. */
+static void k_mul_mat_q(void *p, int ith, int nth) {
+  const op_args *a = p;
+  const int64_t M = n_rows(a->node->src[1]);
+  int64_t b, len;
+  while (take_rows(a->next_row, a->total_rows, nth, &b, &len)) {
+    for (int j = 0; j < a->n_parts; j++) {
+      const q_part *part = &a->parts[j];
+      const int64_t lo = part->row0, hi = lo + part->w->ne[1];
+      const int64_t rb = b > lo ? b : lo, re = b + len < hi ? b + len : hi;
+      if (rb < re) mul_mat_q_rows(a, part, rb - lo, re - lo, M);
+    }
+  }
+}
+
+/* MUL_MAT phase 2 for F32/F16 weights: dst[n, m] = dot(weight row n,
+ * column m) for the weight rows n of this thread's share.  Tiles of rows x
+ * columns keep a few weight rows in L1 while the columns stream from L2. */
 static void k_mul_mat_dot(void *p, int ith, int nth) {
   enum { TILE_N = 16, TILE_M = 64 };
   const op_args *a = p;
@@ -588,16 +686,8 @@ static void k_mul_mat_dot(void *p, int ith, int nth) {
             case VELO_DTYPE_F32:
               v = vec->dot_f32((const float *)wr, (const float *)col, K);
               break;
-            case VELO_DTYPE_F16:
+            default: /* F16; Q8_0 and Q4_0 go to k_mul_mat_q */
               v = vec->dot_f16((const uint16_t *)wr, (const uint16_t *)col, K);
-              break;
-            case VELO_DTYPE_Q8_0:
-              v = vec->dot_q8_0_q8_0((const velo_block_q8_0 *)wr, (const velo_block_q8_0 *)col,
-                                     K);
-              break;
-            default: /* Q4_0; node_check admits nothing else */
-              v = vec->dot_q4_0_q8_0((const velo_block_q4_0 *)wr, (const velo_block_q8_0 *)col,
-                                     K);
               break;
           }
           ((float *)row_ptr(dst, m))[n] = v;
@@ -930,6 +1020,89 @@ static int cmp_i32(const void *x, const void *y) {
   return (a > b) - (a < b);
 }
 
+/* True for a MUL_MAT with Q8_0 or Q4_0 weights (the integer-block path). */
+static bool is_qmat(const velo_graph_node *node) {
+  return node->op == VELO_OP_MUL_MAT &&
+         (node->src[0]->dtype == VELO_DTYPE_Q8_0 || node->src[0]->dtype == VELO_DTYPE_Q4_0);
+}
+
+/* Computes n (1..Q_MAX_GROUP) MUL_MAT nodes with Q8_0/Q4_0 weights of one
+ * dtype and the same activations (src1), whose data were checked: the
+ * activation columns are prepared once (qcol, cpu_kernels.h) and the
+ * weight rows of all the nodes are shared among the threads as one job.
+ * Every output is computed exactly as when each node runs alone.
+ * RESOURCE_EXHAUSTED if scratch memory cannot grow (nothing written). */
+static velo_status mul_mat_q_group(velo_backend_instance *inst,
+                                   const velo_graph_node *const *nodes, int n, size_t index,
+                                   velo_error *err) {
+  const velo_graph_node *node = nodes[0];
+  const velo_tensor *w = node->src[0];
+  const int64_t K = w->ne[0], M = n_rows(node->src[1]);
+  op_args args = {.node = node, .vec = inst->vec, .n_parts = n};
+  args.col_bytes = velo_qcol_bytes(K);
+  /* scratch: the prepared columns, then each node's dst row pointers */
+  size_t cols = args.col_bytes * (size_t)M;
+  cols = (cols + VELO_CPU_ALIGN - 1) / VELO_CPU_ALIGN * VELO_CPU_ALIGN;
+  velo_status st = scratch_reserve(inst, cols + sizeof(float *) * (size_t)(M * n), index,
+                                   node->op, err);
+  if (st != VELO_OK) return st;
+  args.scratch = inst->scratch;
+  velo_cpu_pool_run(inst->pool, k_mul_mat_convert, &args, threads_for(inst, 4.0 * K * M));
+  float **dp = (float **)((char *)inst->scratch + cols);
+  for (int j = 0; j < n; j++) {
+    for (int64_t m = 0; m < M; m++) dp[j * M + m] = (float *)row_ptr(nodes[j]->dst, m);
+    args.parts[j] = (q_part){.w = nodes[j]->src[0], .dst_cols = dp + j * M,
+                             .row0 = args.total_rows};
+    args.total_rows += nodes[j]->src[0]->ne[1];
+  }
+  atomic_llong next_row;
+  atomic_init(&next_row, 0);
+  args.next_row = &next_row;
+  velo_cpu_pool_run(inst->pool, k_mul_mat_q, &args,
+                    threads_for(inst, (double)K * (double)args.total_rows * (double)M));
+  return VELO_OK;
+}
+
+/* True when b, a MUL_MAT like a (is_qmat), may be computed in one group
+ * with a: the same weight dtype and K, the same activation tensor (data,
+ * shape and strides), and b's dst overlaps neither the activations nor a's
+ * weights and dst (so computing them together cannot read a result, nor
+ * write over an input, that computing them in order would not). */
+static bool q_groupable(const velo_graph_node *a, const velo_graph_node *b) {
+  const velo_tensor *xa = a->src[1], *xb = b->src[1];
+  if (!is_qmat(b) || b->src[0]->dtype != a->src[0]->dtype || xb->data != xa->data ||
+      xb->dtype != xa->dtype)
+    return false;
+  for (int i = 0; i < VELO_MAX_DIMS; i++)
+    if (xb->ne[i] != xa->ne[i] || xb->nb[i] != xa->nb[i]) return false;
+  return !spans_overlap(b->dst, xa) && !spans_overlap(b->dst, a->src[0]) &&
+         !spans_overlap(b->dst, a->dst) && !spans_overlap(a->dst, b->src[0]);
+}
+
+/* See cpu_backend.h. */
+velo_status velo_cpu_graph_step(velo_backend_instance *inst, const char *nodes, size_t stride,
+                                size_t i, size_t n_nodes, size_t *done, velo_error *err) {
+  const velo_graph_node *first = (const velo_graph_node *)(nodes + i * stride);
+  *done = 1;
+  if (!is_qmat(first)) return velo_cpu_node_compute(inst, first, i, err);
+  velo_status st = check_node_data(first, i, err);
+  if (st != VELO_OK) return st;
+  const velo_graph_node *group[Q_MAX_GROUP] = {first};
+  int n = 1;
+  /* a node joins only when its data checks pass: one that fails is then
+   * computed (and fails) on its own, after the group, as in node order */
+  while (n < Q_MAX_GROUP && i + (size_t)n < n_nodes) {
+    const velo_graph_node *next = (const velo_graph_node *)(nodes + (i + (size_t)n) * stride);
+    bool ok = true;
+    for (int j = 0; j < n && ok; j++)
+      ok = q_groupable(group[j], next) && q_groupable(next, group[j]);
+    if (!ok || check_node_data(next, i + (size_t)n, NULL) != VELO_OK) break;
+    group[n++] = next;
+  }
+  *done = (size_t)n;
+  return mul_mat_q_group(inst, group, n, i, err);
+}
+
 /* See cpu_backend.h. */
 velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_node *node,
                                   size_t index, velo_error *err) {
@@ -962,10 +1135,10 @@ velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_
       return VELO_OK;
 
     case VELO_OP_MUL_MAT: {
+      if (is_qmat(node)) return mul_mat_q_group(inst, &node, 1, index, err);
       const int64_t K = s0->ne[0], N = s0->ne[1], M = n_rows(node->src[1]);
-      if (s0->dtype != VELO_DTYPE_F32) {
-        velo_dtype partner = s0->dtype == VELO_DTYPE_F16 ? VELO_DTYPE_F16 : VELO_DTYPE_Q8_0;
-        args.col_bytes = velo_dtype_row_bytes(partner, K);
+      if (s0->dtype == VELO_DTYPE_F16) {
+        args.col_bytes = velo_dtype_row_bytes(VELO_DTYPE_F16, K);
         st = scratch_reserve(inst, args.col_bytes * (size_t)M, index, node->op, err);
         if (st != VELO_OK) return st;
         args.scratch = inst->scratch;

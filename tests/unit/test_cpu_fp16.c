@@ -158,7 +158,7 @@ static void test_row_variants(void) {
   }
   velo_fp32_to_fp16_row(x, ref, N);
   for (int i = 0; i < N; i++) CHECK(ref[i] == velo_fp32_to_fp16(x[i]), "row entry %d", i);
-  for (int isa = VELO_CPU_ISA_SCALAR; isa <= VELO_CPU_ISA_AVX2; isa++) {
+  for (int isa = VELO_CPU_ISA_SCALAR; isa <= VELO_CPU_ISA_LAST; isa++) {
     const velo_cpu_vec *v = velo_cpu_vec_for((velo_cpu_isa)isa);
     if (!v) {
       printf("cpu: ISA variant %d not available here, skipped\n", isa);

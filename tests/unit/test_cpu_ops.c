@@ -8,7 +8,7 @@
  *    activation conversion (fp16 / Q8_0 blocks);
  *  - ATTENTION with GQA (8 query heads, 4 KV heads), positions, F32 and F16
  *    caches;
- *  - 1, 2 and 3 threads, and the portable and AVX2 kernels, give
+ *  - 1, 2 and 3 threads, and the portable, AVX2 and AVX-512 kernels, give
  *    bit-identical results;
  *  - invalid graphs return UNIMPLEMENTED / INVALID_ARGUMENT naming the node
  *    instead of crashing;
@@ -17,9 +17,10 @@
  *  - ATTENTION_PAGED bit-identical to ATTENTION on the same logical K/V:
  *    shuffled physical blocks of 1, 3, 16 (and 64) slots, GQA 8/2, F32 and
  *    F16 pools, tokens of three sequences mixed in one node;
- *  - batch invariance: a MUL_MAT column (F32, F16, Q8_0, Q4_0 weights) and
- *    an ATTENTION_PAGED query give the same bits alone and in a batch, and
- *    device_info reports batch_invariant;
+ *  - batch invariance: a MUL_MAT column (F32, F16, Q8_0, Q4_0 weights; odd
+ *    block counts; batches up to 130 columns) and an ATTENTION_PAGED query
+ *    give the same bits alone and in a batch, with every thread count and
+ *    kernel variant, and device_info reports batch_invariant;
  *  - the bad nodes and data of SET_ROWS and ATTENTION_PAGED (dtypes,
  *    shapes, parameters, ids, positions, block tables, overlaps) return the
  *    right code and write nothing.
@@ -53,8 +54,9 @@ static float rndf(void) {
 static const velo_backend_iface *B;
 
 /* inst[0]: 1 thread; [1]: 2 threads; [2]: 3 threads; [3]: 2 threads with
- * the portable kernels (NULL when the best variant is already portable). */
-enum { N_INST = 4 };
+ * the portable kernels (NULL when the best variant is already portable);
+ * [4]: 2 threads with the AVX2 kernels (NULL unless the best is AVX-512). */
+enum { N_INST = 5 };
 static velo_backend_instance *g_inst[N_INST];
 
 typedef struct ttensor {
@@ -394,16 +396,25 @@ static void mul_mat_case(velo_dtype dt, int64_t K, int64_t N, int64_t m1, int64_
            * lane reduction: (K/8 + 4) * 2^-24 * sum|w*x|. */
           tol = (double)(K / 8 + 4) * 0x1p-24 * mag;
         } else {
-          for (int64_t b = 0; b < K / 32; b++) {
-            /* d_w * q_w is wr[k] exactly, so sum_j wr*q_x = d_w * sumi */
-            double s = 0;
-            for (int j = 0; j < 32; j++) s += (double)wr[b * 32 + j] * q[b * 32 + j];
-            ref += s * dx[b];
-            mag += fabs(s * dx[b]);
-          }
-          /* Tolerance: per block one rounding of d_w*d_x, one of the product
-           * and one of the float sum: (K/32 + 2) * 2^-24 * sum|terms|. */
-          tol = (double)(K / 32 + 2) * 0x1p-24 * mag;
+          for (int64_t b = 0; b < K / 32; b++)
+            for (int k = 0; k < 4; k++) {
+              /* d_w * q_w is wr[i] exactly, so the sum over a partial sum's
+               * 8 elements of wr*q_x is d_w * S[b][k] (cpu_kernels.h) */
+              double s = 0;
+              for (int i = 0; i < 4; i++) {
+                const int64_t e0 = b * 32 + 4 * k + i, e1 = e0 + 16;
+                s += (double)wr[e0] * q[e0] + (double)wr[e1] * q[e1];
+              }
+              ref += s * dx[b];
+              mag += fabs(s * dx[b]);
+            }
+          /* Tolerance (cpu_kernels.h): the partial sums S are exact; one
+           * rounding of d_w*d_x per block, a chain of ceil(nb/4) fused
+           * multiply-adds per lane and 4 levels of lane reduction, each
+           * rounding bounded by 2^-24 times the magnitude of the terms it
+           * covers: (ceil(nb/4) + 5) * 2^-24 * sum|terms|, +1 for the
+           * second-order terms. */
+          tol = (double)((K / 32 + 3) / 4 + 6) * 0x1p-24 * mag;
         }
         double e = fabs(f32(d, nn, i1, i2, 0) - ref);
         if (e > tol) bad++;
@@ -1025,45 +1036,121 @@ static void test_attention_paged(void) {
   free_tensors();
 }
 
-/* MUL_MAT batch invariance: for every weight dtype, each column of a batch
- * of M columns (M = 2, 7, 37, 64, 100) equals, bit for bit, the product of
- * that column alone (M = 1).  The batch is big enough to run on 3 threads;
- * the column alone runs on 1 (the thread count follows the work). */
+/* MUL_MAT batch invariance: for every weight dtype and K (256, and 96 and
+ * 2080 with an odd number of blocks), each column of a batch of M columns
+ * (M = 2, 7, 37, 64, 100, 130) equals, bit for bit, the product of that
+ * column alone (M = 1) on every instance: 1 and 3 threads, and the other
+ * kernel variants.  The batch runs on 3 threads; a column alone on fewer
+ * (the thread count follows the work). */
 static void test_mul_mat_batch_invariance(void) {
   static const velo_dtype dts[] = {VELO_DTYPE_F32, VELO_DTYPE_F16, VELO_DTYPE_Q8_0,
                                    VELO_DTYPE_Q4_0};
-  static const int64_t Ms[] = {2, 7, 37, 64, 100};
-  enum { K = 256, N = 70 };
-  for (size_t k = 0; k < 4; k++) {
-    velo_tensor *w = new_tensor(dts[k], K, N, 1, 1);
-    static float wf[K * N];
-    fill_weights(w, wf);
-    velo_tensor *x1 = new_tensor(VELO_DTYPE_F32, K, 1, 1, 1);
-    velo_tensor *o1 = new_tensor(VELO_DTYPE_F32, N, 1, 1, 1);
-    velo_graph_node one = mknode(VELO_OP_MUL_MAT, o1, w, x1, NULL, NULL);
-    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
-      const int64_t M = Ms[mi];
-      velo_tensor *x = new_tensor(VELO_DTYPE_F32, K, M, 1, 1);
-      velo_tensor *o = new_tensor(VELO_DTYPE_F32, N, M, 1, 1);
-      fill_f32(x, 2.0f);
-      velo_graph_node batch = mknode(VELO_OP_MUL_MAT, o, w, x, NULL, NULL);
-      velo_error err;
-      velo_error_init(&err);
-      CHECK(run_on(g_inst[2], &batch, 1, &err) == VELO_OK, "MUL_MAT batch: %s", err.message);
-      int bad = 0;
-      for (int64_t m = 0; m < M; m++) {
-        memcpy(x1->data, at(x, 0, m, 0, 0), sizeof(float) * K);
-        for (int inst = 0; inst < 3; inst += 2) {
-          memset(o1->data, 0x5a, tsize(o1));
-          CHECK(run_on(g_inst[inst], &one, 1, &err) == VELO_OK, "MUL_MAT one: %s", err.message);
-          bad += memcmp(o1->data, at(o, 0, m, 0, 0), sizeof(float) * N) != 0;
+  static const int64_t Ms[] = {2, 7, 37, 64, 100, 130};
+  static const int64_t Ks[] = {256, 96, 2080};
+  enum { N = 70 };
+  for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+    for (size_t k = 0; k < 4; k++) {
+      const int64_t K = Ks[ki];
+      velo_tensor *w = new_tensor(dts[k], K, N, 1, 1);
+      float *wf = malloc(sizeof(float) * (size_t)(K * N));
+      fill_weights(w, wf);
+      free(wf);
+      velo_tensor *x1 = new_tensor(VELO_DTYPE_F32, K, 1, 1, 1);
+      velo_tensor *o1 = new_tensor(VELO_DTYPE_F32, N, 1, 1, 1);
+      velo_graph_node one = mknode(VELO_OP_MUL_MAT, o1, w, x1, NULL, NULL);
+      for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+        const int64_t M = Ms[mi];
+        velo_tensor *x = new_tensor(VELO_DTYPE_F32, K, M, 1, 1);
+        velo_tensor *o = new_tensor(VELO_DTYPE_F32, N, M, 1, 1);
+        fill_f32(x, 2.0f);
+        velo_graph_node batch = mknode(VELO_OP_MUL_MAT, o, w, x, NULL, NULL);
+        velo_error err;
+        velo_error_init(&err);
+        CHECK(run_on(g_inst[2], &batch, 1, &err) == VELO_OK, "MUL_MAT batch: %s", err.message);
+        int bad = 0;
+        for (int64_t m = 0; m < M; m++) {
+          memcpy(x1->data, at(x, 0, m, 0, 0), sizeof(float) * K);
+          for (int inst = 0; inst < N_INST; inst++) {
+            if (!g_inst[inst] || inst == 1) continue;
+            memset(o1->data, 0x5a, tsize(o1));
+            CHECK(run_on(g_inst[inst], &one, 1, &err) == VELO_OK, "MUL_MAT one: %s",
+                  err.message);
+            bad += memcmp(o1->data, at(o, 0, m, 0, 0), sizeof(float) * N) != 0;
+          }
         }
+        CHECK(bad == 0, "MUL_MAT %s K=%lld M=%lld: %d columns differ alone and in the batch",
+              velo_dtype_name(dts[k]), (long long)K, (long long)M, bad);
       }
-      CHECK(bad == 0, "MUL_MAT %s M=%lld: %d columns differ alone and in the batch",
-            velo_dtype_name(dts[k]), (long long)M, bad);
+      free_tensors();
     }
-    free_tensors();
+}
+
+/* Consecutive MUL_MATs on the same activations (q/k/v, gate/up) run as one
+ * job: a graph of such nodes gives the bytes of each node run alone, on
+ * every instance; a Q8_0 node between Q4_0 ones, two nodes writing the
+ * same dst (the later must win, as in node order) and a node whose dst
+ * lies outside its buffer (the earlier nodes are computed, then it fails
+ * by its own index) keep node-order semantics. */
+static void test_mul_mat_groups(void) {
+  enum { K = 256, M = 5 };
+  static const int64_t Ns[4] = {70, 20, 33, 8};
+  static const velo_dtype dts[4] = {VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_0, VELO_DTYPE_Q8_0,
+                                    VELO_DTYPE_Q4_0};
+  velo_tensor *x = new_tensor(VELO_DTYPE_F32, K, M, 1, 1);
+  fill_f32(x, 2.0f);
+  velo_tensor *w[4], *d[4], *alone[4];
+  velo_graph_node nodes[4];
+  for (int j = 0; j < 4; j++) {
+    w[j] = new_tensor(dts[j], K, Ns[j], 1, 1);
+    float *wf = malloc(sizeof(float) * K * (size_t)Ns[j]);
+    fill_weights(w[j], wf);
+    free(wf);
+    d[j] = new_tensor(VELO_DTYPE_F32, Ns[j], M, 1, 1);
+    alone[j] = new_tensor(VELO_DTYPE_F32, Ns[j], M, 1, 1);
+    nodes[j] = mknode(VELO_OP_MUL_MAT, d[j], w[j], x, NULL, NULL);
   }
+  velo_error err;
+  velo_error_init(&err);
+  for (int j = 0; j < 4; j++) {
+    velo_graph_node one = mknode(VELO_OP_MUL_MAT, alone[j], w[j], x, NULL, NULL);
+    CHECK(run_on(g_inst[0], &one, 1, &err) == VELO_OK, "MUL_MAT alone: %s", err.message);
+  }
+  for (int k = 0; k < N_INST; k++) {
+    if (!g_inst[k]) continue;
+    for (int j = 0; j < 4; j++) memset(d[j]->data, 0x5a, tsize(d[j]));
+    CHECK(run_on(g_inst[k], nodes, 4, &err) == VELO_OK, "MUL_MAT group: %s", err.message);
+    int bad = 0;
+    for (int j = 0; j < 4; j++) bad += memcmp(d[j]->data, alone[j]->data, tsize(d[j])) != 0;
+    CHECK(bad == 0, "instance %d: %d of 4 grouped MUL_MATs differ from the nodes alone", k, bad);
+  }
+
+  /* two nodes writing one dst: the second one's result stays */
+  velo_graph_node same[2] = {mknode(VELO_OP_MUL_MAT, d[0], w[0], x, NULL, NULL),
+                             mknode(VELO_OP_MUL_MAT, d[0], w[0], x, NULL, NULL)};
+  velo_tensor *w0b = new_tensor(VELO_DTYPE_Q4_0, K, Ns[0], 1, 1);
+  float *wf = malloc(sizeof(float) * K * (size_t)Ns[0]);
+  fill_weights(w0b, wf);
+  free(wf);
+  same[1].src[0] = w0b;
+  velo_tensor *want = new_tensor(VELO_DTYPE_F32, Ns[0], M, 1, 1);
+  velo_graph_node ref = mknode(VELO_OP_MUL_MAT, want, w0b, x, NULL, NULL);
+  CHECK(run_on(g_inst[0], &ref, 1, &err) == VELO_OK, "MUL_MAT: %s", err.message);
+  CHECK(run_on(g_inst[1], same, 2, &err) == VELO_OK, "MUL_MAT pair: %s", err.message);
+  CHECK(memcmp(d[0]->data, want->data, tsize(want)) == 0,
+        "two MUL_MATs into one dst: the second one's result is not what stays");
+
+  /* the third node (groupable by dtype and activations) has a dst that
+   * ends past its buffer: nodes 0 and 1 are written, then it fails */
+  velo_tensor bad_dst = *d[3];
+  bad_dst.data = (char *)d[3]->data + 64;
+  velo_graph_node bad[4] = {nodes[0], nodes[1], nodes[3], nodes[2]};
+  bad[2].dst = &bad_dst;
+  for (int j = 0; j < 2; j++) memset(d[j]->data, 0x5a, tsize(d[j]));
+  expect_fail(bad, 4, VELO_INVALID_ARGUMENT, 2, "MUL_MAT group with a dst outside its buffer");
+  CHECK(memcmp(d[0]->data, alone[0]->data, tsize(d[0])) == 0 &&
+            memcmp(d[1]->data, alone[1]->data, tsize(d[1])) == 0,
+        "the nodes before the failing one were not computed");
+  free_tensors();
 }
 
 /* device_info says batch_invariant = true, and still accepts an ABI 1.0
@@ -1275,7 +1362,7 @@ static void test_invalid_new_ops(void) {
 int main(void) {
   check_rng_state = 0x0123456789abcdefull;
   B = velo_cpu_backend_iface();
-  static const int threads[N_INST] = {1, 2, 3, 2};
+  static const int threads[N_INST] = {1, 2, 3, 2, 2};
   for (int k = 0; k < N_INST; k++) {
     velo_backend_options o = {.struct_size = sizeof o, .device = 0, .n_threads = threads[k]};
     velo_error err;
@@ -1293,6 +1380,14 @@ int main(void) {
     CHECK(velo_cpu_instance_set_isa(g_inst[3], VELO_CPU_ISA_SCALAR, NULL) == VELO_OK, "set isa");
     printf("cpu: comparing %s kernels with portable C\n", g_inst[0]->vec->name);
   }
+  /* the AVX2 kernels too when the best variant is AVX-512 */
+  if (g_inst[0]->vec->isa != VELO_CPU_ISA_AVX512 ||
+      velo_cpu_instance_set_isa(g_inst[4], VELO_CPU_ISA_AVX2, NULL) != VELO_OK) {
+    B->close(g_inst[4]);
+    g_inst[4] = NULL;
+  } else {
+    printf("cpu: comparing %s kernels with AVX2\n", g_inst[0]->vec->name);
+  }
 
   test_get_rows();
   test_rms_norm();
@@ -1307,6 +1402,7 @@ int main(void) {
   test_set_rows();
   test_attention_paged();
   test_mul_mat_batch_invariance();
+  test_mul_mat_groups();
   test_device_info();
   test_invalid_new_ops();
   free_tensors();

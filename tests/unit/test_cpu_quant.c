@@ -1,11 +1,15 @@
 /*
  * test_cpu_quant.c - unit tests of the CPU backend's quantization blocks
- * and vector primitives (backends/cpu/vec.c, vec_avx2.c):
+ * and vector primitives (backends/cpu/vec.c, vec_avx2.c, vec_avx512.c):
  *  - Q8_0 and Q4_0 dequantization of hand-built blocks;
  *  - activation quantization to Q8_0, including exact .5 ties (round half to
  *    even) and all-zero blocks;
  *  - block dot products and float dot products against double-precision
- *    references;
+ *    references, with stated tolerances;
+ *  - the integer-block matrix kernel (Q8_0 and Q4_0 weights): prepared
+ *    columns and every output bit-identical to the defining dot product
+ *    (cpu_kernels.h) for K = 32..5632 (odd block counts included) and
+ *    M = 1..130 columns, so batch size and tiling never change an output;
  *  - every ISA variant gives the same bits as the portable C one.
  *
  * Prints "cpu: N checks passed"; exits non-zero on any failure.
@@ -30,10 +34,12 @@ static float rndf(void) {
 
 static bool same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
+enum { MAX_VARIANTS = VELO_CPU_ISA_LAST + 1 };
+
 /* The ISA variants present on this machine (scalar first). */
-static int variants(const velo_cpu_vec *out[2]) {
+static int variants(const velo_cpu_vec *out[MAX_VARIANTS]) {
   int n = 0;
-  for (int isa = VELO_CPU_ISA_SCALAR; isa <= VELO_CPU_ISA_AVX2; isa++) {
+  for (int isa = VELO_CPU_ISA_SCALAR; isa <= VELO_CPU_ISA_LAST; isa++) {
     const velo_cpu_vec *v = velo_cpu_vec_for((velo_cpu_isa)isa);
     if (v) out[n++] = v;
   }
@@ -90,7 +96,7 @@ static void test_dequantize(void) {
 
 /* Activation quantization: .5 ties round to even, d = fp16(amax/127). */
 static void test_quantize_ties(void) {
-  const velo_cpu_vec *vs[2];
+  const velo_cpu_vec *vs[MAX_VARIANTS];
   int nv = variants(vs);
   for (int k = 0; k < nv; k++) {
     const velo_cpu_vec *v = vs[k];
@@ -150,7 +156,7 @@ static void test_quantize_random(void) {
     }
   }
   CHECK(bad == 0, "reference quantizer: %d wrong entries", bad);
-  const velo_cpu_vec *vs[2];
+  const velo_cpu_vec *vs[MAX_VARIANTS];
   int nv = variants(vs);
   for (int k = 0; k < nv; k++) {
     memset(got, 0x55, sizeof got);
@@ -160,17 +166,22 @@ static void test_quantize_random(void) {
 }
 
 /* Double reference of a block dot: sum over blocks of d_w * d_x * sumi,
- * with *mag the sum of the terms' magnitudes. */
+ * with *mag the sum of the magnitudes of the terms the definition adds:
+ * d_w * d_x * S[b][k] for the four 8-element partial sums of each block. */
 static double ref_block_dot(const float *dw, const int *qw, const velo_block_q8_0 *x, int nb,
                             double *mag) {
   double s = 0.0;
   *mag = 0.0;
   for (int b = 0; b < nb; b++) {
-    long long sumi = 0;
-    for (int j = 0; j < 32; j++) sumi += (long long)qw[b * 32 + j] * x[b].qs[j];
-    double t = (double)dw[b] * (double)velo_fp16_to_fp32(x[b].d) * (double)sumi;
-    s += t;
-    *mag += fabs(t);
+    const double scale = (double)dw[b] * (double)velo_fp16_to_fp32(x[b].d);
+    for (int k = 0; k < 4; k++) {
+      long long part = 0;
+      for (int i = 0; i < 4; i++)
+        part += (long long)qw[b * 32 + 4 * k + i] * x[b].qs[4 * k + i] +
+                (long long)qw[b * 32 + 16 + 4 * k + i] * x[b].qs[16 + 4 * k + i];
+      s += scale * (double)part;
+      *mag += fabs(scale * (double)part);
+    }
   }
   return s;
 }
@@ -182,8 +193,6 @@ static void test_block_dots(void) {
   static velo_block_q4_0 w4[NB];
   static float x[N], dw8[NB], dw4[NB];
   static int qw8[N], qw4[N];
-  const velo_cpu_vec *vs[2];
-  int nv = variants(vs);
   for (int trial = 0; trial < 20; trial++) {
     for (int i = 0; i < N; i++) x[i] = rndf();
     velo_quantize_row_q8_0_ref(x, xq, N);
@@ -209,22 +218,14 @@ static void test_block_dots(void) {
     double r8 = ref_block_dot(dw8, qw8, xq, NB, &mag8);
     double r4 = ref_block_dot(dw4, qw4, xq, NB, &mag4);
     float g8 = velo_dot_q8_0_q8_0_ref(w8, xq, N), g4 = velo_dot_q4_0_q8_0_ref(w4, xq, N);
-    /* Tolerance: each of the 64 terms is exact but for one float rounding
-     * of d_w*d_x and one of the product, and the float sum adds one
-     * rounding per block: |error| <= ~(NB + 2) * 2^-24 * sum|terms|. */
-    double tol8 = (NB + 2) * 0x1p-24 * mag8, tol4 = (NB + 2) * 0x1p-24 * mag4;
+    /* Tolerance: the partial sums are exact integers; each block's scale
+     * d_w*d_x is rounded once, each lane chains NB/4 fused multiply-adds
+     * (one rounding each) and the 16 lanes are summed in 4 levels:
+     * |error| <= (1 + NB/4 + 4) * 2^-24 * sum|terms| (to first order;
+     * +1 for the higher-order terms). */
+    double tol8 = (NB / 4 + 6) * 0x1p-24 * mag8, tol4 = (NB / 4 + 6) * 0x1p-24 * mag4;
     CHECK(fabs(g8 - r8) <= tol8, "Q8_0 dot %.9g vs %.9g (tol %.3g)", (double)g8, r8, tol8);
     CHECK(fabs(g4 - r4) <= tol4, "Q4_0 dot %.9g vs %.9g (tol %.3g)", (double)g4, r4, tol4);
-    for (int k = 0; k < nv; k++) {
-      for (int nblk = 1; nblk <= NB; nblk += 21) { /* several lengths */
-        float a8 = vs[k]->dot_q8_0_q8_0(w8, xq, nblk * 32);
-        float a4 = vs[k]->dot_q4_0_q8_0(w4, xq, nblk * 32);
-        CHECK(same_bits(a8, velo_dot_q8_0_q8_0_ref(w8, xq, nblk * 32)), "%s Q8_0 dot, %d blocks",
-              vs[k]->name, nblk);
-        CHECK(same_bits(a4, velo_dot_q4_0_q8_0_ref(w4, xq, nblk * 32)), "%s Q4_0 dot, %d blocks",
-              vs[k]->name, nblk);
-      }
-    }
   }
   /* the product against the unquantized activation is close: the Q8_0
    * activation error is at most d_x/2 per element, i.e. 1/254 of the
@@ -241,6 +242,117 @@ static void test_block_dots(void) {
   float g = velo_dot_q4_0_q8_0_ref(w4, xq, N);
   CHECK(fabs(g - exact) <= bound, "Q4_0 dot %.6g vs float activations %.6g (bound %.3g)",
         (double)g, exact, bound);
+}
+
+/* Random weight rows of dtype wt (Q8_0 quants over all of -128..127, Q4_0
+ * all nibbles), scales of varying size and sign, never all zero. */
+static void fill_qweights(velo_dtype wt, void *w, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; b++) {
+    uint16_t d = velo_fp32_to_fp16(rndf() * 0.05f * (float)(1 + b % 5));
+    if (wt == VELO_DTYPE_Q8_0) {
+      velo_block_q8_0 *blk = (velo_block_q8_0 *)w + b;
+      blk->d = d;
+      for (int j = 0; j < 32; j++) blk->qs[j] = (int8_t)(check_rnd() >> 56);
+    } else {
+      velo_block_q4_0 *blk = (velo_block_q4_0 *)w + b;
+      blk->d = d;
+      for (int j = 0; j < 16; j++) blk->qs[j] = (uint8_t)(check_rnd() >> 56);
+    }
+  }
+}
+
+/* The defining dot product of weight row r with activation blocks xq. */
+static float def_dot(velo_dtype wt, const void *w, int64_t r, const velo_block_q8_0 *xq,
+                     int64_t K) {
+  if (wt == VELO_DTYPE_Q8_0)
+    return velo_dot_q8_0_q8_0_ref((const velo_block_q8_0 *)w + r * (K / 32), xq, K);
+  return velo_dot_q4_0_q8_0_ref((const velo_block_q4_0 *)w + r * (K / 32), xq, K);
+}
+
+/* The matrix kernel of every variant against the definition: for each K
+ * (odd block counts included), NR weight rows (not a multiple of the row
+ * tile) and the first M columns of a batch for M = 1..130, every output
+ * bit-identical to def_dot of its own row and column (so it does not depend
+ * on M, the tile it falls in, or the variant), and every variant's prepared
+ * columns byte-identical to the reference layout of the reference
+ * quantizer's blocks.  Also a strided column layout and a row offset. */
+static void test_mul_mat_q(void) {
+  static const int64_t Ks[] = {32, 64, 96, 160, 224, 1024, 1184, 2048, 2080, 5632};
+  static const int64_t Ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 37, 64, 100, 130};
+  enum { NR = 11, MMAX = 130 };
+  const velo_cpu_vec *vs[MAX_VARIANTS];
+  int nv = variants(vs);
+  for (int t = 0; t < 2; t++) {
+    const velo_dtype wt = t == 0 ? VELO_DTYPE_Q8_0 : VELO_DTYPE_Q4_0;
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+      const int64_t K = Ks[ki], nb = K / 32;
+      const size_t cb = velo_qcol_bytes(K), wrow = velo_dtype_row_bytes(wt, K);
+      const int64_t g = VELO_QCOL_GROUP;
+      void *w = malloc(wrow * NR);
+      float *x = malloc(sizeof(float) * (size_t)(K * MMAX));
+      velo_block_q8_0 *xq = malloc(sizeof(velo_block_q8_0) * (size_t)(nb * MMAX));
+      char *ref_cols = aligned_alloc(64, cb * MMAX), *cols = aligned_alloc(64, cb * MMAX);
+      float *want = malloc(sizeof(float) * NR * MMAX), *got = malloc(sizeof(float) * NR * MMAX);
+      float *dst[MMAX];
+      fill_qweights(wt, w, nb * NR);
+      for (int64_t i = 0; i < K * MMAX; i++) x[i] = rndf() * (float)(1 + (i / 32) % 7);
+      for (int64_t m = 0; m < MMAX; m++) {
+        velo_quantize_row_q8_0_ref(x + m * K, xq + m * nb, K);
+        for (int64_t b = 0; b < nb; b += g)
+          velo_qcol_record_ref(wt, xq + m * nb + b, (int)(nb - b < g ? nb - b : g),
+                               ref_cols + m * cb + (size_t)(b / g) * VELO_QCOL_RECORD_BYTES);
+        for (int r = 0; r < NR; r++) want[m * NR + r] = def_dot(wt, w, r, xq + m * nb, K);
+        dst[m] = got + m * NR;
+      }
+      for (int k = 0; k < nv; k++) {
+        const velo_cpu_vec *v = vs[k];
+        int bad_prep = 0;
+        for (int64_t m = 0; m < MMAX; m++) {
+          memset(cols + m * cb, 0x5a, cb);
+          v->qcol_prepare(wt, x + m * K, K, cols + m * cb);
+          bad_prep += memcmp(cols + m * cb, ref_cols + m * cb, cb) != 0;
+        }
+        CHECK(bad_prep == 0, "%s %s K=%lld: %d prepared columns differ from the reference",
+              v->name, velo_dtype_name(wt), (long long)K, bad_prep);
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+          const int64_t M = Ms[mi];
+          for (int i = 0; i < NR * MMAX; i++) got[i] = -12345.0f;
+          v->mul_mat_q(wt, w, wrow, NR, ref_cols, cb, M, K, dst, 0);
+          int bad = 0, touched = 0;
+          for (int64_t m = 0; m < MMAX; m++)
+            for (int r = 0; r < NR; r++) {
+              if (m < M)
+                bad += !same_bits(got[m * NR + r], want[m * NR + r]);
+              else
+                touched += got[m * NR + r] != -12345.0f;
+            }
+          CHECK(bad == 0 && touched == 0,
+                "%s %s K=%lld M=%lld: %d outputs differ from the definition, %d written "
+                "outside",
+                v->name, velo_dtype_name(wt), (long long)K, (long long)M, bad, touched);
+        }
+        /* rows 3..10 only, into dst offset 3, columns 5..12 through a
+         * stride of two columns (every other prepared column) */
+        for (int i = 0; i < NR * MMAX; i++) got[i] = -12345.0f;
+        v->mul_mat_q(wt, (const char *)w + 3 * wrow, wrow, NR - 3, ref_cols + 5 * cb, 2 * cb, 8,
+                     K, dst, 3);
+        int bad = 0;
+        for (int c = 0; c < 8; c++)
+          for (int r = 0; r < NR; r++)
+            bad += r < 3 ? got[c * NR + r] != -12345.0f
+                         : !same_bits(got[c * NR + r], want[(5 + 2 * c) * NR + r]);
+        CHECK(bad == 0, "%s %s K=%lld: strided columns and row offset: %d wrong", v->name,
+              velo_dtype_name(wt), (long long)K, bad);
+      }
+      free(w);
+      free(x);
+      free(xq);
+      free(ref_cols);
+      free(cols);
+      free(want);
+      free(got);
+    }
+  }
 }
 
 /* Float dots: vs double within the float accumulation bound; every variant
@@ -268,7 +380,7 @@ static void test_float_dots(void) {
   CHECK(fabs(velo_dot_f32_ref(x, y, N) - r) <= tol, "dot_f32");
   CHECK(fabs(velo_dot_f16_ref(xh, yh, N) - rh) <= tol * 1.01, "dot_f16");
   CHECK(fabs(velo_dot_f16_f32_ref(xh, y, N) - rhf) <= tol * 1.01, "dot_f16_f32");
-  const velo_cpu_vec *vs[2];
+  const velo_cpu_vec *vs[MAX_VARIANTS];
   int nv = variants(vs);
   for (int k = 0; k < nv; k++) {
     int bad = 0;
@@ -292,6 +404,7 @@ int main(void) {
   test_quantize_ties();
   test_quantize_random();
   test_block_dots();
+  test_mul_mat_q();
   test_float_dots();
   return check_summary("cpu");
 }
