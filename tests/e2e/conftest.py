@@ -45,7 +45,10 @@ def velod(tmp_path_factory, nobos_model):
     log = tmp_path_factory.mktemp("velod") / "velod.log"
     server = harness.Velod(["--model", "%s=%s" % (harness.F32, harness.MODEL_F32),
                             "--model", "%s=%s" % (harness.Q8, harness.MODEL_Q8),
-                            "--model", "%s=%s" % (harness.NOBOS, nobos_model)], log)
+                            "--model", "%s=%s" % (harness.NOBOS, nobos_model),
+                            # The shared server checks the CPU reference path: on a
+                            # machine with a GPU, auto would pick that backend.
+                            "--backend", "cpu"], log)
     server.start()
     yield server
     server.stop()
