@@ -101,8 +101,9 @@ static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_er
       [VELO_CPU_ISA_AVX512] = " F/BW/VL/VNNI (bit-identical to portable C)",
   };
   snprintf(out->description, sizeof out->description,
-           "kernels: %s%s; weights F32, F16, Q8_0, Q4_0 with llama.cpp arithmetic "
-           "(Q8_0 activations for Q8_0/Q4_0, fp16 activations for F16); batch-invariant",
+           "kernels: %s%s; weights F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K, "
+           "activations quantized as llama.cpp (K-quants/Q4_1/Q5_x/BF16 portable C); "
+           "batch-invariant",
            vec->name, isa_detail[vec->isa]);
   long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
   long page = sysconf(_SC_PAGESIZE);

@@ -1,6 +1,7 @@
 /*
  * cpu_kernels.h - the CPU backend's numeric kernels: FP16 conversion, the
- * Q8_0 and Q4_0 quantization blocks, and the vector primitives (dot
+ * Q8_0 and Q4_0 quantization blocks (SIMD variants), the K-quant, Q4_1,
+ * Q5_0, Q5_1 and BF16 formats (portable C), and the vector primitives (dot
  * products, activation quantization) that the graph ops are built from.
  *
  * This is the header other code may include (link the static library
@@ -104,10 +105,186 @@ _Static_assert(sizeof(velo_block_q4_0) == 18, "Q4_0 block must be 18 bytes");
 void velo_dequantize_row_q8_0(const velo_block_q8_0 *x, float *y, int64_t n);
 void velo_dequantize_row_q4_0(const velo_block_q4_0 *x, float *y, int64_t n);
 
-/* Converts one row of n elements of dtype (F32, F16, Q8_0 or Q4_0) to
+/* Converts one row of n elements of dtype (F32, F16, BF16, Q8_0, Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K or Q8_K) to
  * float.  Returns false (writing nothing) for another dtype or when n is
  * not a multiple of the block size. */
 bool velo_dequantize_row(velo_dtype dtype, const void *x, float *y, int64_t n);
+
+/* ------------------------------------------------------------------ */
+/* K-quant super-blocks of 256 (GGUF / ggml layouts)                    */
+/* ------------------------------------------------------------------ */
+
+#define VELO_QK_K 256
+
+/* Q4_K: 8 sub-blocks of 32; sub-block j has a 6-bit scale sc[j] and a
+ * 6-bit min m[j] packed in scales[12] (velo_k4_scale_min); value =
+ * fp16(d)*sc[j]*q - fp16(dmin)*m[j], q a nibble.  Each 64 elements use 32
+ * bytes of qs: low nibbles are elements 0..31, high nibbles 32..63.
+ * 144 bytes. */
+typedef struct velo_block_q4_K {
+  uint16_t d;        /* super-block scale of the scales, fp16 bits */
+  uint16_t dmin;     /* super-block scale of the mins, fp16 bits */
+  uint8_t scales[12];
+  uint8_t qs[VELO_QK_K / 2];
+} velo_block_q4_K;
+
+/* Q5_K: Q4_K plus a fifth bit per element: bit 2c (low nibbles) or 2c+1
+ * (high nibbles) of qh[l] for element l of 64-element chunk c.  176 bytes. */
+typedef struct velo_block_q5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[VELO_QK_K / 8];
+  uint8_t qs[VELO_QK_K / 2];
+} velo_block_q5_K;
+
+/* Q6_K: 16 sub-blocks of 16 with int8 scales; value = fp16(d)*scales[s]*
+ * (q - 32), q 6 bits: 4 in ql, 2 in qh (see velo_dequantize_row_q6_K).
+ * 210 bytes. */
+typedef struct velo_block_q6_K {
+  uint8_t ql[VELO_QK_K / 2];
+  uint8_t qh[VELO_QK_K / 4];
+  int8_t scales[VELO_QK_K / 16];
+  uint16_t d;
+} velo_block_q6_K;
+
+/* Q8_K: the activation format for K-quant weights.  d is a float;
+ * bsums[i] = sum of qs[16i..16i+15].  292 bytes. */
+typedef struct velo_block_q8_K {
+  float d;
+  int8_t qs[VELO_QK_K];
+  int16_t bsums[VELO_QK_K / 16];
+} velo_block_q8_K;
+
+_Static_assert(sizeof(velo_block_q4_K) == 144, "Q4_K block must be 144 bytes");
+_Static_assert(sizeof(velo_block_q5_K) == 176, "Q5_K block must be 176 bytes");
+_Static_assert(sizeof(velo_block_q6_K) == 210, "Q6_K block must be 210 bytes");
+_Static_assert(sizeof(velo_block_q8_K) == 292, "Q8_K block must be 292 bytes");
+
+/* Unpacks the 6-bit scale (*sc) and min (*m) of sub-block j (0..7) from
+ * the 12 packed bytes q of a Q4_K/Q5_K block: for j < 4 the low 6 bits of
+ * q[j] and q[j+4]; for j >= 4 the nibbles of q[j+4] with the top 2 bits of
+ * q[j-4] (scale) and q[j] (min) above them.  Pure. */
+static inline void velo_k4_scale_min(int j, const uint8_t *q, int *sc, int *m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+/* Dequantizers, n a multiple of 256; values computed as ggml does:
+ * (fp16(d)*sc)*q - (fp16(dmin)*m) for Q4_K/Q5_K, (fp16(d)*sc)*(q-32) for
+ * Q6_K, each product rounded to float. */
+void velo_dequantize_row_q4_K(const velo_block_q4_K *x, float *y, int64_t n);
+void velo_dequantize_row_q5_K(const velo_block_q5_K *x, float *y, int64_t n);
+void velo_dequantize_row_q6_K(const velo_block_q6_K *x, float *y, int64_t n);
+void velo_dequantize_row_q8_K(const velo_block_q8_K *x, float *y, int64_t n);
+
+/* Quantizes n floats (n a multiple of 256) to Q8_K as llama.cpp does:
+ * max = the signed element with the largest |x| (the first such); if it is
+ * 0 the block is all zero with d = 0; else iscale = -127/max, q = min(127,
+ * round-half-even(iscale*x)), d = 1/iscale (f32), bsums as above.  NaN
+ * inputs give q = 0. */
+void velo_quantize_row_q8_K_ref(const float *x, velo_block_q8_K *y, int64_t n);
+
+/* Products of a K-quant weight row with a Q8_K activation row, n a
+ * multiple of 256.  Fixed arithmetic, the same for every output, batch size
+ * and thread count: per super-block b the exact int32 sums
+ *   Q4_K/Q5_K: si = sum_j sc[j] * sum_{i in sub-block j} q_i*x_i,
+ *              sm = sum_j m[j] * (bsums[2j] + bsums[2j+1]);
+ *   Q6_K:      si = sum_s scales[s] * sum_{i in sub-block s} (q_i-32)*x_i
+ * then, in float, acc += (fp16(d)*x.d) * (float)si and for Q4_K/Q5_K
+ * acc -= (fp16(dmin)*x.d) * (float)sm, blocks in order, acc from +0. */
+float velo_dot_q4_K_q8_K_ref(const velo_block_q4_K *w, const velo_block_q8_K *x, int64_t n);
+float velo_dot_q5_K_q8_K_ref(const velo_block_q5_K *w, const velo_block_q8_K *x, int64_t n);
+float velo_dot_q6_K_q8_K_ref(const velo_block_q6_K *w, const velo_block_q8_K *x, int64_t n);
+
+/* One output of a K-quant product: dispatches on wt (Q4_K, Q5_K, Q6_K). */
+float velo_dot_k_q8_K(velo_dtype wt, const void *w, const velo_block_q8_K *x, int64_t n);
+
+/* ------------------------------------------------------------------ */
+/* Further formats: Q4_1, Q5_0, Q5_1 (blocks of 32), Q8_1, BF16         */
+/* ------------------------------------------------------------------ */
+
+/* Q4_1: value j = fp16(d)*q + fp16(m), q the nibble as in Q4_0 (low
+ * nibbles elements 0..15, high 16..31).  20 bytes. */
+typedef struct velo_block_q4_1 {
+  uint16_t d, m;
+  uint8_t qs[16];
+} velo_block_q4_1;
+
+/* Q5_0: q = nibble (as Q4_0) + 16 * bit j of the little-endian qh;
+ * value = fp16(d)*(q - 16).  22 bytes. */
+typedef struct velo_block_q5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+} velo_block_q5_0;
+
+/* Q5_1: q as Q5_0; value = fp16(d)*q + fp16(m).  24 bytes. */
+typedef struct velo_block_q5_1 {
+  uint16_t d, m;
+  uint8_t qh[4];
+  uint8_t qs[16];
+} velo_block_q5_1;
+
+/* Q8_1: activations for Q4_1/Q5_1 weights: Q8_0 plus s = fp16(d*sum q),
+ * d the unrounded float scale.  36 bytes. */
+typedef struct velo_block_q8_1 {
+  uint16_t d, s;
+  int8_t qs[32];
+} velo_block_q8_1;
+
+_Static_assert(sizeof(velo_block_q4_1) == 20, "Q4_1 block must be 20 bytes");
+_Static_assert(sizeof(velo_block_q5_0) == 22, "Q5_0 block must be 22 bytes");
+_Static_assert(sizeof(velo_block_q5_1) == 24, "Q5_1 block must be 24 bytes");
+_Static_assert(sizeof(velo_block_q8_1) == 36, "Q8_1 block must be 36 bytes");
+
+/* bfloat16: the top 16 bits of a float (exact conversion up). */
+static inline float velo_bf16_to_fp32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* Float to bf16, round to nearest even (as ggml); NaN stays a quiet NaN. */
+uint16_t velo_fp32_to_bf16(float f);
+
+/* Dequantizers, n a multiple of 32: (float)q*d + m, (float)(q-16)*d, each
+ * operation rounded to float as ggml does. */
+void velo_dequantize_row_q4_1(const velo_block_q4_1 *x, float *y, int64_t n);
+void velo_dequantize_row_q5_0(const velo_block_q5_0 *x, float *y, int64_t n);
+void velo_dequantize_row_q5_1(const velo_block_q5_1 *x, float *y, int64_t n);
+
+/* Quantizes n floats (a multiple of 32) to Q8_1 as llama.cpp's x86 path:
+ * the quants and d exactly as quantize_row_q8_0, s = fp16(d * sum q). */
+void velo_quantize_row_q8_1_ref(const float *x, velo_block_q8_1 *y, int64_t n);
+
+/* Fixed-order dots, n a multiple of 32: per block the exact int32 sum S of
+ * q_w*q_x, then acc += (fp16(d_w)*fp16(d_x)) * (float)S and, for Q4_1 and
+ * Q5_1, acc += fp16(m_w)*fp16(s_x); blocks in order, acc from +0. */
+float velo_dot_q4_1_q8_1_ref(const velo_block_q4_1 *w, const velo_block_q8_1 *x, int64_t n);
+float velo_dot_q5_1_q8_1_ref(const velo_block_q5_1 *w, const velo_block_q8_1 *x, int64_t n);
+float velo_dot_q5_0_q8_0_ref(const velo_block_q5_0 *w, const velo_block_q8_0 *x, int64_t n);
+/* bf16 x bf16, 8 float lanes (element k in lane k % 8) as dot_f32. */
+float velo_dot_bf16_ref(const uint16_t *x, const uint16_t *y, int64_t n);
+
+/* Converted-activation weight formats (Q4_K, Q5_K, Q6_K, Q4_1, Q5_0, Q5_1,
+ * BF16): MUL_MAT converts each activation column once to the weight's
+ * activation format (Q8_K, Q8_1, Q8_0, bf16) and computes each output with
+ * one fixed dot, whatever the batch size and thread count. */
+bool velo_dtype_converts_act(velo_dtype wt);
+/* Bytes of one converted column of K elements (K a multiple of the block). */
+size_t velo_act_bytes(velo_dtype wt, int64_t K);
+/* Converts column x (K floats) for weights of dtype wt into out. */
+void velo_act_convert(velo_dtype wt, const float *x, void *out, int64_t K);
+/* The product of weight row w (dtype wt) with a converted column. */
+float velo_act_dot(velo_dtype wt, const void *w, const void *act, int64_t K);
 
 /* Reduces 8 float lanes in the fixed order every dot product uses:
  * ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */

@@ -235,8 +235,10 @@ static velo_status want_dtype(const velo_graph_node *node, size_t index, const c
 static const velo_dtype k_f32[] = {VELO_DTYPE_F32};
 static const velo_dtype k_i32[] = {VELO_DTYPE_I32};
 static const velo_dtype k_f32_f16[] = {VELO_DTYPE_F32, VELO_DTYPE_F16};
-static const velo_dtype k_weights[] = {VELO_DTYPE_F32, VELO_DTYPE_F16, VELO_DTYPE_Q8_0,
-                                       VELO_DTYPE_Q4_0};
+static const velo_dtype k_weights[] = {VELO_DTYPE_F32,  VELO_DTYPE_F16,  VELO_DTYPE_BF16,
+                                       VELO_DTYPE_Q8_0, VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_1,
+                                       VELO_DTYPE_Q5_0, VELO_DTYPE_Q5_1, VELO_DTYPE_Q4_K,
+                                       VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
 
 #define WANT(role, t, list)                                                             \
   do {                                                                                  \
@@ -568,7 +570,9 @@ static void k_binary(void *p, int ith, int nth) {
 
 /* MUL_MAT phase 1: converts the activation columns (rows of src1) to the
  * weight type's partner format in scratch: prepared Q8_0 columns (qcol,
- * cpu_kernels.h) for Q8_0/Q4_0 weights, fp16 for F16 weights. */
+ * cpu_kernels.h) for Q8_0/Q4_0 weights, fp16 for F16 weights, and the
+ * activation format of the other weight types (velo_act_convert: Q8_K for
+ * K-quants, Q8_1 for Q4_1/Q5_1, Q8_0 for Q5_0, bf16 for BF16). */
 static void k_mul_mat_convert(void *p, int ith, int nth) {
   const op_args *a = p;
   const velo_tensor *w = a->node->src[0], *x = a->node->src[1];
@@ -580,6 +584,8 @@ static void k_mul_mat_convert(void *p, int ith, int nth) {
     char *out = (char *)a->scratch + (size_t)m * a->col_bytes;
     if (w->dtype == VELO_DTYPE_F16)
       a->vec->fp32_to_fp16_row(col, (uint16_t *)out, K);
+    else if (velo_dtype_converts_act(w->dtype))
+      velo_act_convert(w->dtype, col, out, K);
     else
       a->vec->qcol_prepare(w->dtype, col, K, out);
   }
@@ -686,8 +692,11 @@ static void k_mul_mat_dot(void *p, int ith, int nth) {
             case VELO_DTYPE_F32:
               v = vec->dot_f32((const float *)wr, (const float *)col, K);
               break;
-            default: /* F16; Q8_0 and Q4_0 go to k_mul_mat_q */
+            case VELO_DTYPE_F16:
               v = vec->dot_f16((const uint16_t *)wr, (const uint16_t *)col, K);
+              break;
+            default: /* converted-activation types; Q8_0 and Q4_0 go to k_mul_mat_q */
+              v = velo_act_dot(w->dtype, wr, col, K);
               break;
           }
           ((float *)row_ptr(dst, m))[n] = v;
@@ -1137,8 +1146,9 @@ velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_
     case VELO_OP_MUL_MAT: {
       if (is_qmat(node)) return mul_mat_q_group(inst, &node, 1, index, err);
       const int64_t K = s0->ne[0], N = s0->ne[1], M = n_rows(node->src[1]);
-      if (s0->dtype == VELO_DTYPE_F16) {
-        args.col_bytes = velo_dtype_row_bytes(VELO_DTYPE_F16, K);
+      if (s0->dtype == VELO_DTYPE_F16 || velo_dtype_converts_act(s0->dtype)) {
+        args.col_bytes = s0->dtype == VELO_DTYPE_F16 ? velo_dtype_row_bytes(VELO_DTYPE_F16, K)
+                                                     : velo_act_bytes(s0->dtype, K);
         st = scratch_reserve(inst, args.col_bytes * (size_t)M, index, node->op, err);
         if (st != VELO_OK) return st;
         args.scratch = inst->scratch;

@@ -1,8 +1,8 @@
 /*
  * vec.c - portable C vector primitives of the CPU backend (the reference
  * implementations every ISA variant must match bit for bit), the Q8_0/Q4_0
- * dequantizers, the integer block dot products and matrix kernel in their
- * defining form, and the run-time choice of ISA table.
+ * and K-quant (Q4_K, Q5_K, Q6_K, Q8_K) dequantizers and dot products, the
+ * integer block dot products and matrix kernel in their defining form, and the run-time choice of ISA table.
  *
  * Arithmetic contracts are stated in cpu_kernels.h; the code below keeps
  * every float operation in the stated order (the build passes
@@ -41,6 +41,175 @@ void velo_dequantize_row_q4_0(const velo_block_q4_0 *x, float *y, int64_t n) {
   }
 }
 
+/* See cpu_kernels.h.  Per 64 elements: sub-blocks 2c (low nibbles) and
+ * 2c+1 (high nibbles). */
+void velo_dequantize_row_q4_K(const velo_block_q4_K *x, float *y, int64_t n) {
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    const float d = velo_fp16_to_fp32(x[b].d), dmin = velo_fp16_to_fp32(x[b].dmin);
+    const uint8_t *q = x[b].qs;
+    for (int c = 0; c < 4; c++, q += 32, y += 64) {
+      int sc0, m0, sc1, m1;
+      velo_k4_scale_min(2 * c, x[b].scales, &sc0, &m0);
+      velo_k4_scale_min(2 * c + 1, x[b].scales, &sc1, &m1);
+      const float d0 = d * (float)sc0, n0 = dmin * (float)m0;
+      const float d1 = d * (float)sc1, n1 = dmin * (float)m1;
+      for (int l = 0; l < 32; l++) y[l] = d0 * (float)(q[l] & 0x0f) - n0;
+      for (int l = 0; l < 32; l++) y[32 + l] = d1 * (float)(q[l] >> 4) - n1;
+    }
+  }
+}
+
+/* See cpu_kernels.h. */
+void velo_dequantize_row_q5_K(const velo_block_q5_K *x, float *y, int64_t n) {
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    const float d = velo_fp16_to_fp32(x[b].d), dmin = velo_fp16_to_fp32(x[b].dmin);
+    const uint8_t *q = x[b].qs, *qh = x[b].qh;
+    for (int c = 0; c < 4; c++, q += 32, y += 64) {
+      int sc0, m0, sc1, m1;
+      velo_k4_scale_min(2 * c, x[b].scales, &sc0, &m0);
+      velo_k4_scale_min(2 * c + 1, x[b].scales, &sc1, &m1);
+      const float d0 = d * (float)sc0, n0 = dmin * (float)m0;
+      const float d1 = d * (float)sc1, n1 = dmin * (float)m1;
+      const uint8_t u0 = (uint8_t)(1u << (2 * c)), u1 = (uint8_t)(2u << (2 * c));
+      for (int l = 0; l < 32; l++)
+        y[l] = d0 * (float)((q[l] & 0x0f) + (qh[l] & u0 ? 16 : 0)) - n0;
+      for (int l = 0; l < 32; l++)
+        y[32 + l] = d1 * (float)((q[l] >> 4) + (qh[l] & u1 ? 16 : 0)) - n1;
+    }
+  }
+}
+
+/* Element i (0..255) of a Q6_K block as an integer, -32..31: halves of
+ * 128 elements use 64 bytes of ql and 32 of qh; within a half, element
+ * 32r + l (r = 0..3, l < 32) takes the low (r even) or high (r odd) nibble
+ * of ql[l + 32*(r&1)] and bits 2r..2r+1 of qh[l]. */
+static inline int q6_K_value(const velo_block_q6_K *w, int i) {
+  const int h = i / 128, r = (i % 128) / 32, l = i % 32;
+  const uint8_t lo = w->ql[64 * h + l + 32 * (r & 1)];
+  const int q4 = r < 2 ? (lo & 0x0f) : (lo >> 4);
+  const int q2 = (w->qh[32 * h + l] >> (2 * r)) & 3;
+  return (q4 | (q2 << 4)) - 32;
+}
+
+/* See cpu_kernels.h.  Sub-block s is elements 16s..16s+15. */
+void velo_dequantize_row_q6_K(const velo_block_q6_K *x, float *y, int64_t n) {
+  for (int64_t b = 0; b < n / VELO_QK_K; b++, y += VELO_QK_K) {
+    const float d = velo_fp16_to_fp32(x[b].d);
+    for (int i = 0; i < VELO_QK_K; i++)
+      y[i] = d * (float)x[b].scales[i / 16] * (float)q6_K_value(&x[b], i);
+  }
+}
+
+/* See cpu_kernels.h. */
+void velo_dequantize_row_q8_K(const velo_block_q8_K *x, float *y, int64_t n) {
+  for (int64_t b = 0; b < n / VELO_QK_K; b++)
+    for (int j = 0; j < VELO_QK_K; j++) y[b * VELO_QK_K + j] = x[b].d * (float)x[b].qs[j];
+}
+
+/* See cpu_kernels.h. */
+void velo_quantize_row_q8_K_ref(const float *x, velo_block_q8_K *y, int64_t n) {
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    const float *xb = x + b * VELO_QK_K;
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < VELO_QK_K; j++) {
+      const float a = fabsf(xb[j]);
+      if (a > amax) {
+        amax = a;
+        max = xb[j];
+      }
+    }
+    memset(&y[b], 0, sizeof y[b]);
+    if (amax == 0.0f || !isfinite(amax)) continue;
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < VELO_QK_K; j++) {
+      const float r = nearbyintf(iscale * xb[j]);
+      y[b].qs[j] = r != r ? 0 : r > 127.0f ? 127 : r < -128.0f ? -128 : (int8_t)r;
+    }
+    for (int s = 0; s < VELO_QK_K / 16; s++) {
+      int sum = 0;
+      for (int j = 0; j < 16; j++) sum += y[b].qs[16 * s + j];
+      y[b].bsums[s] = (int16_t)sum;
+    }
+    y[b].d = 1.0f / iscale;
+  }
+}
+
+/* Shared body of the Q4_K/Q5_K dots: v[256] the unsigned weight quants of
+ * one block, sc/m its scales and mins. */
+static float k4_block(float acc, float d, float dmin, const int *v, const int *sc, const int *m,
+                      const velo_block_q8_K *x) {
+  int32_t si = 0, sm = 0;
+  for (int j = 0; j < 8; j++) {
+    int32_t s = 0;
+    for (int i = 32 * j; i < 32 * j + 32; i++) s += v[i] * (int32_t)x->qs[i];
+    si += sc[j] * s;
+    sm += m[j] * ((int32_t)x->bsums[2 * j] + (int32_t)x->bsums[2 * j + 1]);
+  }
+  acc += (d * x->d) * (float)si;
+  acc -= (dmin * x->d) * (float)sm;
+  return acc;
+}
+
+/* See cpu_kernels.h. */
+float velo_dot_q4_K_q8_K_ref(const velo_block_q4_K *w, const velo_block_q8_K *x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    int v[VELO_QK_K], sc[8], m[8];
+    for (int c = 0; c < 4; c++)
+      for (int l = 0; l < 32; l++) {
+        v[64 * c + l] = w[b].qs[32 * c + l] & 0x0f;
+        v[64 * c + 32 + l] = w[b].qs[32 * c + l] >> 4;
+      }
+    for (int j = 0; j < 8; j++) velo_k4_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    acc = k4_block(acc, velo_fp16_to_fp32(w[b].d), velo_fp16_to_fp32(w[b].dmin), v, sc, m, &x[b]);
+  }
+  return acc;
+}
+
+/* See cpu_kernels.h. */
+float velo_dot_q5_K_q8_K_ref(const velo_block_q5_K *w, const velo_block_q8_K *x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    int v[VELO_QK_K], sc[8], m[8];
+    for (int c = 0; c < 4; c++)
+      for (int l = 0; l < 32; l++) {
+        const uint8_t q = w[b].qs[32 * c + l], h = w[b].qh[l];
+        v[64 * c + l] = (q & 0x0f) | (((h >> (2 * c)) & 1) << 4);
+        v[64 * c + 32 + l] = (q >> 4) | (((h >> (2 * c + 1)) & 1) << 4);
+      }
+    for (int j = 0; j < 8; j++) velo_k4_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    acc = k4_block(acc, velo_fp16_to_fp32(w[b].d), velo_fp16_to_fp32(w[b].dmin), v, sc, m, &x[b]);
+  }
+  return acc;
+}
+
+/* See cpu_kernels.h. */
+float velo_dot_q6_K_q8_K_ref(const velo_block_q6_K *w, const velo_block_q8_K *x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    int32_t si = 0;
+    for (int s = 0; s < 16; s++) {
+      int32_t t = 0;
+      for (int i = 16 * s; i < 16 * s + 16; i++) t += q6_K_value(&w[b], i) * (int32_t)x[b].qs[i];
+      si += (int32_t)w[b].scales[s] * t;
+    }
+    acc += (velo_fp16_to_fp32(w[b].d) * x[b].d) * (float)si;
+  }
+  return acc;
+}
+
+/* See cpu_kernels.h. */
+float velo_dot_k_q8_K(velo_dtype wt, const void *w, const velo_block_q8_K *x, int64_t n) {
+  switch (wt) {
+    case VELO_DTYPE_Q4_K:
+      return velo_dot_q4_K_q8_K_ref(w, x, n);
+    case VELO_DTYPE_Q5_K:
+      return velo_dot_q5_K_q8_K_ref(w, x, n);
+    default:
+      return velo_dot_q6_K_q8_K_ref(w, x, n);
+  }
+}
+
 /* See cpu_kernels.h. */
 bool velo_dequantize_row(velo_dtype dtype, const void *x, float *y, int64_t n) {
   if (n < 0) return false;
@@ -58,6 +227,27 @@ bool velo_dequantize_row(velo_dtype dtype, const void *x, float *y, int64_t n) {
     case VELO_DTYPE_Q4_0:
       if (n % VELO_QK4_0) return false;
       velo_dequantize_row_q4_0(x, y, n);
+      return true;
+    case VELO_DTYPE_BF16:
+      for (int64_t i = 0; i < n; i++) y[i] = velo_bf16_to_fp32(((const uint16_t *)x)[i]);
+      return true;
+    case VELO_DTYPE_Q4_1:
+    case VELO_DTYPE_Q5_0:
+    case VELO_DTYPE_Q5_1:
+      if (n % 32) return false;
+      if (dtype == VELO_DTYPE_Q4_1) velo_dequantize_row_q4_1(x, y, n);
+      if (dtype == VELO_DTYPE_Q5_0) velo_dequantize_row_q5_0(x, y, n);
+      if (dtype == VELO_DTYPE_Q5_1) velo_dequantize_row_q5_1(x, y, n);
+      return true;
+    case VELO_DTYPE_Q4_K:
+    case VELO_DTYPE_Q5_K:
+    case VELO_DTYPE_Q6_K:
+    case VELO_DTYPE_Q8_K:
+      if (n % VELO_QK_K) return false;
+      if (dtype == VELO_DTYPE_Q4_K) velo_dequantize_row_q4_K(x, y, n);
+      if (dtype == VELO_DTYPE_Q5_K) velo_dequantize_row_q5_K(x, y, n);
+      if (dtype == VELO_DTYPE_Q6_K) velo_dequantize_row_q6_K(x, y, n);
+      if (dtype == VELO_DTYPE_Q8_K) velo_dequantize_row_q8_K(x, y, n);
       return true;
     default:
       return false;

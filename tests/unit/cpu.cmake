@@ -1,7 +1,7 @@
 # Unit tests of the CPU backend (backends/cpu).  Each test_cpu_<name>.c is
 # one executable that prints "cpu: N checks passed" and exits non-zero on
 # failure.  Included from tests/unit/CMakeLists.txt.
-set(VELO_CPU_TESTS fp16 quant ops plugin)
+set(VELO_CPU_TESTS fp16 quant kquant ops plugin)
 foreach(name ${VELO_CPU_TESTS})
   add_executable(test_cpu_${name} ${CMAKE_CURRENT_LIST_DIR}/test_cpu_${name}.c)
   target_link_libraries(test_cpu_${name} PRIVATE velo_cpu_kernels m)

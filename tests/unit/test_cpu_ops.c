@@ -17,10 +17,11 @@
  *  - ATTENTION_PAGED bit-identical to ATTENTION on the same logical K/V:
  *    shuffled physical blocks of 1, 3, 16 (and 64) slots, GQA 8/2, F32 and
  *    F16 pools, tokens of three sequences mixed in one node;
- *  - batch invariance: a MUL_MAT column (F32, F16, Q8_0, Q4_0 weights; odd
- *    block counts; batches up to 130 columns) and an ATTENTION_PAGED query
- *    give the same bits alone and in a batch, with every thread count and
- *    kernel variant, and device_info reports batch_invariant;
+ *  - batch invariance: a MUL_MAT column (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+ *    Q5_0, Q5_1, Q4_K, Q5_K, Q6_K weights; odd block counts; batches up to 130 columns) and an
+ *    ATTENTION_PAGED query give the same bits alone and in a batch, with
+ *    every thread count and kernel variant, and device_info reports
+ *    batch_invariant;
  *  - the bad nodes and data of SET_ROWS and ATTENTION_PAGED (dtypes,
  *    shapes, parameters, ids, positions, block tables, overlaps) return the
  *    right code and write nothing.
@@ -173,6 +174,46 @@ static void fill_weights(velo_tensor *t, float *w) {
             wr[b * 32 + j] = d * (float)(lo - 8);
             wr[b * 32 + j + 16] = d * (float)(hi - 8);
           }
+        }
+        break;
+      case VELO_DTYPE_Q4_K:
+      case VELO_DTYPE_Q5_K:
+      case VELO_DTYPE_Q6_K: {
+        /* random quant bytes, fp16 scales in [0.005, 0.01); the float copy
+         * is the dequantized row */
+        const size_t bs = velo_dtype_block_bytes(t->dtype);
+        for (size_t i = 0; i < (size_t)(K / 256) * bs; i++)
+          ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
+        for (int64_t b = 0; b < K / 256; b++) {
+          char *blk = (char *)row + (size_t)b * bs;
+          uint16_t d = velo_fp32_to_fp16(0.005f * (1.0f + fabsf(rndf())));
+          memcpy(blk + (t->dtype == VELO_DTYPE_Q6_K ? 208 : 0), &d, 2);
+          if (t->dtype != VELO_DTYPE_Q6_K) memcpy(blk + 2, &d, 2);
+        }
+        velo_dequantize_row(t->dtype, row, wr, K);
+        break;
+      }
+      case VELO_DTYPE_Q4_1:
+      case VELO_DTYPE_Q5_0:
+      case VELO_DTYPE_Q5_1: {
+        /* random quant bytes, fp16 d (and m) in [0.05, 0.1) */
+        const size_t bs = velo_dtype_block_bytes(t->dtype);
+        for (size_t i = 0; i < (size_t)(K / 32) * bs; i++)
+          ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
+        for (int64_t b = 0; b < K / 32; b++) {
+          char *blk = (char *)row + (size_t)b * bs;
+          uint16_t d = velo_fp32_to_fp16(0.05f * (1.0f + fabsf(rndf())));
+          uint16_t m = velo_fp32_to_fp16(-0.05f * (1.0f + fabsf(rndf())));
+          memcpy(blk, &d, 2);
+          if (t->dtype != VELO_DTYPE_Q5_0) memcpy(blk + 2, &m, 2);
+        }
+        velo_dequantize_row(t->dtype, row, wr, K);
+        break;
+      }
+      case VELO_DTYPE_BF16:
+        for (int64_t k = 0; k < K; k++) {
+          ((uint16_t *)row)[k] = velo_fp32_to_bf16(rndf());
+          wr[k] = velo_bf16_to_fp32(((uint16_t *)row)[k]);
         }
         break;
       default:
@@ -680,7 +721,7 @@ static void test_invalid(void) {
   velo_tensor *x = new_tensor(VELO_DTYPE_F32, 64, 2, 1, 1);
   fill_f32(x, 1.0f);
   velo_tensor *y = new_tensor(VELO_DTYPE_F32, 64, 2, 1, 1);
-  velo_tensor *w41 = new_tensor(VELO_DTYPE_Q4_1, 64, 8, 1, 1);
+  velo_tensor *w41 = new_tensor(VELO_DTYPE_IQ4_NL, 64, 8, 1, 1);
   velo_tensor *w40 = new_tensor(VELO_DTYPE_Q4_0, 64, 8, 1, 1);
   float wf[64 * 8];
   fill_weights(w40, wf);
@@ -689,8 +730,22 @@ static void test_invalid(void) {
 
   /* unsupported weight dtype */
   velo_graph_node n = mknode(VELO_OP_MUL_MAT, out, w41, x, NULL, NULL);
-  CHECK(!B->supports(inst, &n), "supports(Q4_1 MUL_MAT)");
-  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "Q4_1 weights");
+  CHECK(!B->supports(inst, &n), "supports(IQ4_NL MUL_MAT)");
+  expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "IQ4_NL weights");
+  /* K-quant weights are supported for MUL_MAT and GET_ROWS (K = 256) */
+  {
+    static const velo_dtype kq[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
+    velo_tensor *xk = new_tensor(VELO_DTYPE_F32, 256, 2, 1, 1);
+    velo_tensor *ids = new_tensor(VELO_DTYPE_I32, 2, 1, 1, 1);
+    velo_tensor *rows = new_tensor(VELO_DTYPE_F32, 256, 2, 1, 1);
+    for (int i = 0; i < 3; i++) {
+      velo_tensor *wk = new_tensor(kq[i], 256, 8, 1, 1);
+      n = mknode(VELO_OP_MUL_MAT, out, wk, xk, NULL, NULL);
+      CHECK(B->supports(inst, &n), "supports(%s MUL_MAT)", velo_dtype_name(kq[i]));
+      n = mknode(VELO_OP_GET_ROWS, rows, wk, ids, NULL, NULL);
+      CHECK(B->supports(inst, &n), "supports(%s GET_ROWS)", velo_dtype_name(kq[i]));
+    }
+  }
   /* unsupported activation dtype */
   n = mknode(VELO_OP_RMS_NORM, y, x16, NULL, NULL, NULL);
   CHECK(!B->supports(inst, &n), "supports(F16 RMS_NORM)");
@@ -1036,21 +1091,26 @@ static void test_attention_paged(void) {
   free_tensors();
 }
 
-/* MUL_MAT batch invariance: for every weight dtype and K (256, and 96 and
- * 2080 with an odd number of blocks), each column of a batch of M columns
+/* MUL_MAT batch invariance: for every weight dtype and K (256, and 96,
+ * 2080 and 2304 with an odd number of blocks, where a multiple of the
+ * dtype's block), each column of a batch of M columns
  * (M = 2, 7, 37, 64, 100, 130) equals, bit for bit, the product of that
  * column alone (M = 1) on every instance: 1 and 3 threads, and the other
  * kernel variants.  The batch runs on 3 threads; a column alone on fewer
  * (the thread count follows the work). */
 static void test_mul_mat_batch_invariance(void) {
-  static const velo_dtype dts[] = {VELO_DTYPE_F32, VELO_DTYPE_F16, VELO_DTYPE_Q8_0,
-                                   VELO_DTYPE_Q4_0};
+  static const velo_dtype dts[] = {VELO_DTYPE_F32,  VELO_DTYPE_F16,  VELO_DTYPE_Q8_0,
+                                   VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K,
+                                   VELO_DTYPE_Q6_K, VELO_DTYPE_Q4_1, VELO_DTYPE_Q5_0,
+                                   VELO_DTYPE_Q5_1, VELO_DTYPE_BF16};
   static const int64_t Ms[] = {2, 7, 37, 64, 100, 130};
-  static const int64_t Ks[] = {256, 96, 2080};
+  static const int64_t Ks[] = {256, 96, 2080, 2304};
   enum { N = 70 };
   for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
-    for (size_t k = 0; k < 4; k++) {
+    for (size_t k = 0; k < sizeof dts / sizeof dts[0]; k++) {
       const int64_t K = Ks[ki];
+      /* K-quants (blocks of 256) take K = 256 and 2304 (9 blocks) */
+      if (K % velo_dtype_block_size(dts[k])) continue;
       velo_tensor *w = new_tensor(dts[k], K, N, 1, 1);
       float *wf = malloc(sizeof(float) * (size_t)(K * N));
       fill_weights(w, wf);

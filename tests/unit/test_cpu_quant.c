@@ -90,7 +90,7 @@ static void test_dequantize(void) {
         "dispatch F16");
   float f[2] = {3.25f, -7.5f};
   CHECK(velo_dequantize_row(VELO_DTYPE_F32, f, y, 2) && y[1] == -7.5f, "dispatch F32");
-  CHECK(!velo_dequantize_row(VELO_DTYPE_Q4_1, &q4, y, 32), "Q4_1 is refused");
+  CHECK(!velo_dequantize_row(VELO_DTYPE_IQ4_NL, &q4, y, 32), "IQ4_NL is refused");
   CHECK(!velo_dequantize_row(VELO_DTYPE_Q8_0, q8, y, 33), "a partial block is refused");
 }
 
