@@ -42,40 +42,16 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#include "velo/op_check.h"
 
-/* Upper bound on any dimension, so that size arithmetic cannot overflow. */
-#define MAX_NE ((int64_t)1 << 40)
 /* ROPE keeps a cos/sin cache of n_rot/2 pairs on the stack. */
 #define ROPE_MAX_ROT 4096
 /* Minimum work (about multiply-adds) per thread before another thread is
  * worth waking; results do not depend on it. */
 #define MIN_WORK_PER_THREAD 32768
 
-#define VELO_CPU_OP_MAP(XX) \
-  XX(NONE)                  \
-  XX(GET_ROWS)              \
-  XX(RMS_NORM)              \
-  XX(MUL)                   \
-  XX(ADD)                   \
-  XX(MUL_MAT)               \
-  XX(ROPE)                  \
-  XX(SWIGLU)                \
-  XX(CPY)                   \
-  XX(ATTENTION)             \
-  XX(SET_ROWS)              \
-  XX(ATTENTION_PAGED)
-
 /* See cpu_backend.h. */
-const char *velo_cpu_op_name(int op) {
-  switch (op) {
-#define OP_NAME_(name) \
-  case VELO_OP_##name: \
-    return #name;
-    VELO_CPU_OP_MAP(OP_NAME_)
-#undef OP_NAME_
-  }
-  return "op?";
-}
+const char *velo_cpu_op_name(int op) { return velo_op_check_name(op); }
 
 /* Fills err with "node <index> (<OP>): <message>" and returns code. */
 #if defined(__GNUC__)
@@ -119,19 +95,6 @@ static int32_t i32_at(const velo_tensor *t, int64_t i) {
   return v;
 }
 
-/* True when all four ne agree. */
-static bool same_shape(const velo_tensor *a, const velo_tensor *b) {
-  for (int i = 0; i < VELO_MAX_DIMS; i++)
-    if (a->ne[i] != b->ne[i]) return false;
-  return true;
-}
-
-/* A dtype's name for messages, "unknown" for an unknown id. */
-static const char *dtype_str(int dtype) {
-  const char *s = velo_dtype_name(dtype);
-  return s ? s : "unknown";
-}
-
 /* Splits n items into nth nearly equal contiguous ranges; [*b, *e) is
  * share ith. */
 static void split_range(int64_t n, int ith, int nth, int64_t *b, int64_t *e) {
@@ -147,46 +110,10 @@ static int threads_for(const velo_backend_instance *inst, double work) {
   return want < n ? (int)want : n;
 }
 
-/* Checks one tensor's header: present, known dtype, sane sizes, rows of
- * contiguous elements or blocks. */
+/* Checks one tensor's header (velo_op_check_tensor). */
 static velo_status check_tensor(const velo_graph_node *node, size_t index, const char *role,
                                 const velo_tensor *t, velo_error *err) {
-  if (!t) return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s is NULL", role);
-  if (t->struct_size < sizeof(velo_tensor))
-    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
-                     "%s struct_size %u is smaller than %zu", role, t->struct_size,
-                     sizeof(velo_tensor));
-  int64_t blk = velo_dtype_block_size(t->dtype);
-  if (blk <= 0)
-    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s has unknown dtype %d",
-                     role, (int)t->dtype);
-  if (t->n_dims < 1 || t->n_dims > VELO_MAX_DIMS)
-    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s n_dims %d outside 1..4",
-                     role, t->n_dims);
-  for (int i = 0; i < VELO_MAX_DIMS; i++) {
-    if (t->ne[i] < 1 || t->ne[i] > MAX_NE)
-      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
-                       "%s ne[%d] = %lld is out of range", role, i, (long long)t->ne[i]);
-    if (t->nb[i] > (size_t)MAX_NE)
-      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
-                       "%s nb[%d] = %zu is out of range", role, i, t->nb[i]);
-  }
-  int64_t total = 1;
-  for (int i = 0; i < VELO_MAX_DIMS; i++) {
-    if (t->ne[i] > MAX_NE / total)
-      return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, "%s has too many elements",
-                       role);
-    total *= t->ne[i];
-  }
-  if (t->ne[0] % blk != 0)
-    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
-                     "%s row length %lld is not a multiple of the %s block size %lld", role,
-                     (long long)t->ne[0], dtype_str(t->dtype), (long long)blk);
-  if (t->nb[0] != velo_dtype_block_bytes(t->dtype))
-    return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
-                     "%s rows are not contiguous (nb[0] = %zu, %s needs %zu)", role, t->nb[0],
-                     dtype_str(t->dtype), velo_dtype_block_bytes(t->dtype));
-  return VELO_OK;
+  return velo_op_check_tensor(node, index, "cpu", role, t, err);
 }
 
 /* Sets *span to the bytes from a tensor's first byte to just past its last
@@ -222,49 +149,14 @@ static velo_status check_data(const velo_graph_node *node, size_t index, const c
   return VELO_OK;
 }
 
-/* Fails with UNIMPLEMENTED unless t->dtype is one of the n listed. */
-static velo_status want_dtype(const velo_graph_node *node, size_t index, const char *role,
-                              const velo_tensor *t, int n, const velo_dtype *ok,
-                              velo_error *err) {
-  for (int i = 0; i < n; i++)
-    if (t->dtype == ok[i]) return VELO_OK;
-  return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "%s dtype %s is not supported",
-                   role, dtype_str(t->dtype));
-}
-
-static const velo_dtype k_f32[] = {VELO_DTYPE_F32};
-static const velo_dtype k_i32[] = {VELO_DTYPE_I32};
-static const velo_dtype k_f32_f16[] = {VELO_DTYPE_F32, VELO_DTYPE_F16};
+/* The weight dtypes (GET_ROWS and MUL_MAT src0) this backend takes. */
 static const velo_dtype k_weights[] = {VELO_DTYPE_F32,  VELO_DTYPE_F16,  VELO_DTYPE_BF16,
                                        VELO_DTYPE_Q8_0, VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_1,
                                        VELO_DTYPE_Q5_0, VELO_DTYPE_Q5_1, VELO_DTYPE_Q4_K,
                                        VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
 
-#define WANT(role, t, list)                                                             \
-  do {                                                                                  \
-    velo_status st_ = want_dtype(node, index, role, t, (int)(sizeof list / sizeof list[0]), \
-                                 list, err);                                            \
-    if (st_ != VELO_OK) return st_;                                                     \
-  } while (0)
-
-#define SHAPE_FAIL(...) return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op, __VA_ARGS__)
-
-/* Number of src slots each op uses. */
-static int op_n_src(int op) {
-  switch (op) {
-    case VELO_OP_RMS_NORM:
-      return 1;
-    case VELO_OP_CPY:
-      return 1;
-    case VELO_OP_ATTENTION:
-    case VELO_OP_ATTENTION_PAGED:
-      return 4;
-    default:
-      return 2;
-  }
-}
-
-/* See cpu_backend.h. */
+/* See cpu_backend.h.  Headers and this backend's dtypes are checked here;
+ * the op contracts of backend.h in velo_op_check_shapes (velo/op_check.h). */
 velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_error *err) {
   if (!node) return velo_error_set(err, VELO_INVALID_ARGUMENT, "cpu: node %zu is NULL", index);
   if (node->op <= VELO_OP_NONE || node->op >= VELO_OP_COUNT)
@@ -272,184 +164,19 @@ velo_status velo_cpu_node_check(const velo_graph_node *node, size_t index, velo_
                      (int)node->op);
   velo_status st = check_tensor(node, index, "dst", node->dst, err);
   static const char *const src_names[VELO_NODE_MAX_SRC] = {"src0", "src1", "src2", "src3"};
-  for (int i = 0; st == VELO_OK && i < op_n_src(node->op); i++)
+  for (int i = 0; st == VELO_OK && i < velo_op_n_src(node->op); i++)
     st = check_tensor(node, index, src_names[i], node->src[i], err);
   if (st != VELO_OK) return st;
 
-  const velo_tensor *d = node->dst, *a = node->src[0], *b = node->src[1];
-  switch (node->op) {
-    case VELO_OP_GET_ROWS:
-      WANT("src0", a, k_weights);
-      WANT("src1 (ids)", b, k_i32);
-      WANT("dst", d, k_f32);
-      if (a->ne[2] != 1 || a->ne[3] != 1) SHAPE_FAIL("src0 must be 2-D [n_embd, n_rows]");
-      if (d->ne[0] != a->ne[0])
-        SHAPE_FAIL("dst row length %lld != src0 row length %lld", (long long)d->ne[0],
-                   (long long)a->ne[0]);
-      if (n_rows(d) != n_elements(b))
-        SHAPE_FAIL("dst has %lld rows but there are %lld ids", (long long)n_rows(d),
-                   (long long)n_elements(b));
-      return VELO_OK;
-
-    case VELO_OP_RMS_NORM:
-      WANT("src0", a, k_f32);
-      WANT("dst", d, k_f32);
-      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
-      if (!(node->fparams[0] >= 0.0f) || !isfinite(node->fparams[0]))
-        SHAPE_FAIL("eps %g must be finite and >= 0", (double)node->fparams[0]);
-      return VELO_OK;
-
-    case VELO_OP_MUL:
-    case VELO_OP_ADD:
-      WANT("src0", a, k_f32);
-      WANT("src1", b, k_f32);
-      WANT("dst", d, k_f32);
-      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
-      for (int i = 0; i < VELO_MAX_DIMS; i++)
-        if (b->ne[i] != a->ne[i] && b->ne[i] != 1)
-          SHAPE_FAIL("src1 ne[%d] = %lld does not broadcast to src0 ne[%d] = %lld", i,
-                     (long long)b->ne[i], i, (long long)a->ne[i]);
-      return VELO_OK;
-
-    case VELO_OP_MUL_MAT:
-      WANT("src0 (weights)", a, k_weights);
-      WANT("src1", b, k_f32);
-      WANT("dst", d, k_f32);
-      if (a->ne[2] != 1 || a->ne[3] != 1) SHAPE_FAIL("src0 must be 2-D [K, N]");
-      if (b->ne[0] != a->ne[0])
-        SHAPE_FAIL("src1 K = %lld != src0 K = %lld", (long long)b->ne[0], (long long)a->ne[0]);
-      if (d->ne[0] != a->ne[1])
-        SHAPE_FAIL("dst ne[0] = %lld != src0 N = %lld", (long long)d->ne[0],
-                   (long long)a->ne[1]);
-      for (int i = 1; i < VELO_MAX_DIMS; i++)
-        if (d->ne[i] != b->ne[i])
-          SHAPE_FAIL("dst ne[%d] = %lld != src1 ne[%d] = %lld", i, (long long)d->ne[i], i,
-                     (long long)b->ne[i]);
-      return VELO_OK;
-
-    case VELO_OP_ROPE: {
-      WANT("src0", a, k_f32);
-      WANT("src1 (positions)", b, k_i32);
-      WANT("dst", d, k_f32);
-      int n_rot = node->iparams[0], mode = node->iparams[1];
-      if (a->ne[3] != 1) SHAPE_FAIL("src0 must be [head_dim, n_head, n_tok]");
-      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from src0");
-      if (n_elements(b) != a->ne[2])
-        SHAPE_FAIL("%lld positions for %lld tokens", (long long)n_elements(b),
-                   (long long)a->ne[2]);
-      if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > a->ne[0])
-        SHAPE_FAIL("n_rot %d must be even, > 0 and <= head_dim %lld", n_rot,
-                   (long long)a->ne[0]);
-      if (n_rot > ROPE_MAX_ROT)
-        return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "n_rot %d > %d", n_rot,
-                         ROPE_MAX_ROT);
-      if (mode != VELO_ROPE_NORMAL && mode != VELO_ROPE_NEOX)
-        return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "rope mode %d", mode);
-      if (!(node->fparams[0] > 0.0f) || !isfinite(node->fparams[0]) ||
-          !isfinite(node->fparams[1]))
-        SHAPE_FAIL("freq_base %g / freq_scale %g invalid", (double)node->fparams[0],
-                   (double)node->fparams[1]);
-      return VELO_OK;
-    }
-
-    case VELO_OP_SWIGLU:
-      WANT("src0", a, k_f32);
-      WANT("src1", b, k_f32);
-      WANT("dst", d, k_f32);
-      if (!same_shape(a, b) || !same_shape(a, d)) SHAPE_FAIL("src0, src1 and dst shapes differ");
-      return VELO_OK;
-
-    case VELO_OP_CPY:
-      WANT("src0", a, k_f32);
-      WANT("dst", d, k_f32_f16);
-      if (a->ne[0] != d->ne[0])
-        SHAPE_FAIL("row lengths differ (%lld vs %lld)", (long long)a->ne[0],
-                   (long long)d->ne[0]);
-      if (n_elements(a) != n_elements(d))
-        SHAPE_FAIL("element counts differ (%lld vs %lld)", (long long)n_elements(a),
-                   (long long)n_elements(d));
-      return VELO_OK;
-
-    case VELO_OP_ATTENTION: {
-      const velo_tensor *k = node->src[1], *v = node->src[2], *pos = node->src[3];
-      WANT("src0 (q)", a, k_f32);
-      WANT("src1 (K cache)", k, k_f32_f16);
-      WANT("src2 (V cache)", v, k_f32_f16);
-      WANT("src3 (positions)", pos, k_i32);
-      WANT("dst", d, k_f32);
-      if (a->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1)
-        SHAPE_FAIL("q, K and V must be 3-D");
-      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from q");
-      if (k->ne[0] != a->ne[0] || v->ne[0] != a->ne[0])
-        SHAPE_FAIL("head_dim differs: q %lld, K %lld, V %lld", (long long)a->ne[0],
-                   (long long)k->ne[0], (long long)v->ne[0]);
-      if (!same_shape(k, v)) SHAPE_FAIL("K and V cache shapes differ");
-      if (a->ne[1] % k->ne[1] != 0)
-        SHAPE_FAIL("n_head %lld is not a multiple of n_head_kv %lld", (long long)a->ne[1],
-                   (long long)k->ne[1]);
-      if (n_elements(pos) != a->ne[2])
-        SHAPE_FAIL("%lld positions for %lld tokens", (long long)n_elements(pos),
-                   (long long)a->ne[2]);
-      if (!isfinite(node->fparams[0])) SHAPE_FAIL("scale is not finite");
-      return VELO_OK;
-    }
-
-    case VELO_OP_SET_ROWS:
-      WANT("src0", a, k_f32);
-      WANT("src1 (ids)", b, k_i32);
-      WANT("dst", d, k_f32_f16);
-      if (d->ne[2] != 1 || d->ne[3] != 1)
-        SHAPE_FAIL("dst must be 2-D [row_len, n_rows], but ne[2] = %lld and ne[3] = %lld",
-                   (long long)d->ne[2], (long long)d->ne[3]);
-      if (d->ne[0] != a->ne[0])
-        SHAPE_FAIL("dst row length %lld != src0 row length %lld", (long long)d->ne[0],
-                   (long long)a->ne[0]);
-      if (n_rows(a) != n_elements(b))
-        SHAPE_FAIL("src0 has %lld rows but there are %lld ids", (long long)n_rows(a),
-                   (long long)n_elements(b));
-      return VELO_OK;
-
-    case VELO_OP_ATTENTION_PAGED: {
-      const velo_tensor *k = node->src[1], *v = node->src[2], *tab = node->src[3];
-      WANT("src0 (q)", a, k_f32);
-      WANT("src1 (K pool)", k, k_f32_f16);
-      WANT("src2 (V pool)", v, k_f32_f16);
-      WANT("src3 (positions and block tables)", tab, k_i32);
-      WANT("dst", d, k_f32);
-      if (a->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1)
-        SHAPE_FAIL("q, K and V must be 3-D");
-      if (!same_shape(a, d)) SHAPE_FAIL("dst shape differs from q");
-      if (k->ne[0] != a->ne[0] || v->ne[0] != a->ne[0])
-        SHAPE_FAIL("head_dim differs: q %lld, K %lld, V %lld", (long long)a->ne[0],
-                   (long long)k->ne[0], (long long)v->ne[0]);
-      if (!same_shape(k, v) || k->dtype != v->dtype)
-        SHAPE_FAIL("K pool %s [%lld, %lld, %lld] and V pool %s [%lld, %lld, %lld] must have "
-                   "the same shape and dtype",
-                   dtype_str(k->dtype), (long long)k->ne[0], (long long)k->ne[1],
-                   (long long)k->ne[2], dtype_str(v->dtype), (long long)v->ne[0],
-                   (long long)v->ne[1], (long long)v->ne[2]);
-      if (a->ne[1] % k->ne[1] != 0)
-        SHAPE_FAIL("n_head %lld is not a multiple of n_head_kv %lld", (long long)a->ne[1],
-                   (long long)k->ne[1]);
-      if (tab->ne[2] != 1 || tab->ne[3] != 1)
-        SHAPE_FAIL("src3 must be 2-D [W, n_tok], but ne[2] = %lld and ne[3] = %lld",
-                   (long long)tab->ne[2], (long long)tab->ne[3]);
-      if (tab->ne[1] != a->ne[2])
-        SHAPE_FAIL("src3 has %lld columns for %lld tokens", (long long)tab->ne[1],
-                   (long long)a->ne[2]);
-      if (tab->ne[0] < 2)
-        SHAPE_FAIL("src3 column length W = %lld must be >= 2 (a position, then block ids)",
-                   (long long)tab->ne[0]);
-      if (node->iparams[0] < 1)
-        SHAPE_FAIL("block size iparams[0] = %d must be >= 1", node->iparams[0]);
-      if (!isfinite(node->fparams[0])) SHAPE_FAIL("scale is not finite");
-      return VELO_OK;
-    }
-
-    default:
-      return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "op %d is not supported",
-                       (int)node->op);
-  }
+  st = velo_op_check_dtypes(node, index, "cpu", k_weights, sizeof k_weights / sizeof k_weights[0],
+                            err);
+  if (st != VELO_OK) return st;
+  if ((st = velo_op_check_shapes(node, index, "cpu", err)) != VELO_OK) return st;
+  /* this backend's own limit: the rotation tables live on the stack */
+  if (node->op == VELO_OP_ROPE && node->iparams[0] > ROPE_MAX_ROT)
+    return node_fail(err, VELO_UNIMPLEMENTED, index, node->op, "n_rot %d > %d", node->iparams[0],
+                     ROPE_MAX_ROT);
+  return VELO_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -976,11 +703,11 @@ static velo_status check_block_tables(const velo_graph_node *node, size_t index,
 static velo_status check_node_data(const velo_graph_node *node, size_t index, velo_error *err) {
   static const char *const src_names[VELO_NODE_MAX_SRC] = {"src0", "src1", "src2", "src3"};
   velo_status st = check_data(node, index, "dst", node->dst, true, err);
-  for (int i = 0; st == VELO_OK && i < op_n_src(node->op); i++)
+  for (int i = 0; st == VELO_OK && i < velo_op_n_src(node->op); i++)
     st = check_data(node, index, src_names[i], node->src[i], false, err);
   if (st != VELO_OK) return st;
   if (node->op == VELO_OP_SET_ROWS || node->op == VELO_OP_ATTENTION_PAGED)
-    for (int i = 0; i < op_n_src(node->op); i++)
+    for (int i = 0; i < velo_op_n_src(node->op); i++)
       if (spans_overlap(node->dst, node->src[i]))
         return node_fail(err, VELO_INVALID_ARGUMENT, index, node->op,
                          "dst overlaps %s in memory; this op needs dst apart from "
