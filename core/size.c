@@ -101,7 +101,7 @@ velo_status velo_size_parse(const char *text, velo_size *out, velo_error *err) {
     }
   }
   if (!over && v == 0)
-    return fail(err, text, "is zero: a KV cache needs at least 1 token or 1 byte (leave the setting out for the task's default)");
+    return fail(err, text, "is zero (leave the setting out for the default)");
   if (over || v > (uint64_t)INT64_MAX / (mult ? mult : 1)) {
     snprintf(what, sizeof what, "is too large: at most %lld %s", (long long)INT64_MAX,
              mult ? "bytes" : "tokens");

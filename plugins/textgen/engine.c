@@ -895,11 +895,15 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
     snprintf(msg, sizeof msg, "%s", err ? err->message : "");
     long long slots = (long long)m->pool_slots;
     double bytes = (double)m->pool_slots * (double)llama_kv_bytes_per_token(m->llama);
+    bool sized = cfg->struct_size >= offsetof(velo_model_config, kv_cache_bytes) + sizeof cfg->kv_cache_bytes &&
+                 (cfg->kv_cache_tokens > 0 || cfg->kv_cache_bytes > 0);
     model_free(m);
     return velo_error_set(err, st,
-                          "%s: the KV cache of %lld tokens (%.0f bytes; kv_cache_size or "
-                          "--kv-cache-size) cannot be allocated: %s",
-                          cfg->path, slots, bytes, msg);
+                          "%s: the KV cache of %lld tokens (%.0f bytes) cannot be allocated: %s; %s",
+                          cfg->path, slots, bytes, msg,
+                          sized ? "lower kv_cache_size (or --kv-cache-size)"
+                                : "it holds at least one context of the context length; lower "
+                                  "--ctx-size (or context_length), or set kv_cache_size");
   }
   if ((st = kv_pool_create((int32_t)(m->pool_slots / KV_BLOCK_SIZE), KV_BLOCK_SIZE, &m->pool, err)) != VELO_OK) {
     model_free(m);
