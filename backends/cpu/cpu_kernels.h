@@ -285,6 +285,12 @@ size_t velo_act_bytes(velo_dtype wt, int64_t K);
 void velo_act_convert(velo_dtype wt, const float *x, void *out, int64_t K);
 /* The product of weight row w (dtype wt) with a converted column. */
 float velo_act_dot(velo_dtype wt, const void *w, const void *act, int64_t K);
+/* mul_mat_act of the portable table (contract in velo_cpu_vec): one
+ * velo_act_dot per output; the ISA variants fall back on it for formats
+ * they have no kernel for. */
+void velo_mul_mat_act_ref(velo_dtype wt, const void *w, size_t w_stride, int64_t nr,
+                          const void *cols, size_t col_stride, int64_t nc, int64_t K,
+                          float *const *dst, int64_t off);
 
 /* Reduces 8 float lanes in the fixed order every dot product uses:
  * ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */
@@ -390,6 +396,19 @@ typedef struct velo_cpu_vec {
    * Q4_0, K a multiple of 32.  Writes nothing else. */
   void (*mul_mat_q)(velo_dtype wt, const void *w, size_t w_stride, int64_t nr, const void *cols,
                     size_t col_stride, int64_t nc, int64_t K, float *const *dst, int64_t off);
+
+  /* Matrix product for the converted-activation weight formats
+   * (velo_dtype_converts_act: the K-quants, Q4_1, Q5_0, Q5_1, BF16, ...):
+   * for r < nr and c < nc, dst[c][off + r] = velo_act_dot(wt, weight row r,
+   * column c) to the bit, where row r starts at (const char *)w +
+   * r * w_stride and column c, converted by velo_act_convert, at
+   * (const char *)cols + c * col_stride.  K a multiple of wt's block.
+   * Writes nothing else.  Variants only compute the exact integer (or
+   * float) partial sums faster; the float operations that combine them are
+   * those of the portable dot, in its order. */
+  void (*mul_mat_act)(velo_dtype wt, const void *w, size_t w_stride, int64_t nr,
+                      const void *cols, size_t col_stride, int64_t nc, int64_t K,
+                      float *const *dst, int64_t off);
 } velo_cpu_vec;
 
 /* The table for isa, or NULL when that variant was not compiled in or this

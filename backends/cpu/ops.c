@@ -370,14 +370,18 @@ static void mul_mat_q_rows(const op_args *a, const q_part *part, int64_t b, int6
     const char *wr = (const char *)w->data + (size_t)r0 * w->nb[1];
     for (int64_t c0 = 0; c0 < M; c0 += col_chunk) {
       const int64_t nc = M - c0 < col_chunk ? M - c0 : col_chunk;
-      a->vec->mul_mat_q(w->dtype, wr, w->nb[1], nr,
-                        (const char *)a->scratch + (size_t)c0 * a->col_bytes, a->col_bytes, nc,
-                        K, part->dst_cols + c0, r0);
+      const char *cols = (const char *)a->scratch + (size_t)c0 * a->col_bytes;
+      if (velo_dtype_converts_act(w->dtype))
+        a->vec->mul_mat_act(w->dtype, wr, w->nb[1], nr, cols, a->col_bytes, nc, K,
+                            part->dst_cols + c0, r0);
+      else
+        a->vec->mul_mat_q(w->dtype, wr, w->nb[1], nr, cols, a->col_bytes, nc, K,
+                          part->dst_cols + c0, r0);
     }
   }
 }
 
-/* MUL_MAT phase 2 for Q8_0/Q4_0 weights: runs of rows of the group taken
+/* MUL_MAT phase 2 for block-format weights (is_qmat): runs of rows of the group taken
  * from the shared cursor (a run may span two nodes' matrices), against
  * every prepared column. */
 static void k_mul_mat_q(void *p, int ith, int nth) {
@@ -414,18 +418,11 @@ static void k_mul_mat_dot(void *p, int ith, int nth) {
         for (int64_t m = m0; m < m1; m++) {
           const char *col = a->scratch ? (const char *)a->scratch + (size_t)m * a->col_bytes
                                        : row_ptr(x, m);
-          float v;
-          switch (w->dtype) {
-            case VELO_DTYPE_F32:
-              v = vec->dot_f32((const float *)wr, (const float *)col, K);
-              break;
-            case VELO_DTYPE_F16:
-              v = vec->dot_f16((const uint16_t *)wr, (const uint16_t *)col, K);
-              break;
-            default: /* converted-activation types; Q8_0 and Q4_0 go to k_mul_mat_q */
-              v = velo_act_dot(w->dtype, wr, col, K);
-              break;
-          }
+          /* F32 or F16 (the block formats go to k_mul_mat_q) */
+          const float v =
+              w->dtype == VELO_DTYPE_F32
+                  ? vec->dot_f32((const float *)wr, (const float *)col, K)
+                  : vec->dot_f16((const uint16_t *)wr, (const uint16_t *)col, K);
           ((float *)row_ptr(dst, m))[n] = v;
         }
       }
@@ -756,15 +753,20 @@ static int cmp_i32(const void *x, const void *y) {
   return (a > b) - (a < b);
 }
 
-/* True for a MUL_MAT with Q8_0 or Q4_0 weights (the integer-block path). */
+/* True for a MUL_MAT whose weights are in a block format: Q8_0 or Q4_0
+ * (prepared qcol columns, mul_mat_q) or a converted-activation format
+ * (velo_act_convert columns, mul_mat_act).  These share the grouped,
+ * row-run scheduled path. */
 static bool is_qmat(const velo_graph_node *node) {
-  return node->op == VELO_OP_MUL_MAT &&
-         (node->src[0]->dtype == VELO_DTYPE_Q8_0 || node->src[0]->dtype == VELO_DTYPE_Q4_0);
+  if (node->op != VELO_OP_MUL_MAT) return false;
+  const velo_dtype wt = node->src[0]->dtype;
+  return wt == VELO_DTYPE_Q8_0 || wt == VELO_DTYPE_Q4_0 || velo_dtype_converts_act(wt);
 }
 
-/* Computes n (1..Q_MAX_GROUP) MUL_MAT nodes with Q8_0/Q4_0 weights of one
- * dtype and the same activations (src1), whose data were checked: the
- * activation columns are prepared once (qcol, cpu_kernels.h) and the
+/* Computes n (1..Q_MAX_GROUP) MUL_MAT nodes with block-format weights
+ * (is_qmat) of one dtype and the same activations (src1), whose data were
+ * checked: the activation columns are prepared once (qcol for Q8_0/Q4_0,
+ * velo_act_convert for the other formats, cpu_kernels.h) and the
  * weight rows of all the nodes are shared among the threads as one job.
  * Every output is computed exactly as when each node runs alone.
  * RESOURCE_EXHAUSTED if scratch memory cannot grow (nothing written). */
@@ -775,7 +777,11 @@ static velo_status mul_mat_q_group(velo_backend_instance *inst,
   const velo_tensor *w = node->src[0];
   const int64_t K = w->ne[0], M = n_rows(node->src[1]);
   op_args args = {.node = node, .vec = inst->vec, .n_parts = n};
-  args.col_bytes = velo_qcol_bytes(K);
+  if (velo_dtype_converts_act(w->dtype)) /* 64-byte aligned columns */
+    args.col_bytes = (velo_act_bytes(w->dtype, K) + VELO_CPU_ALIGN - 1) / VELO_CPU_ALIGN *
+                     VELO_CPU_ALIGN;
+  else
+    args.col_bytes = velo_qcol_bytes(K);
   /* scratch: the prepared columns, then each node's dst row pointers */
   size_t cols = args.col_bytes * (size_t)M;
   cols = (cols + VELO_CPU_ALIGN - 1) / VELO_CPU_ALIGN * VELO_CPU_ALIGN;
@@ -873,9 +879,8 @@ velo_status velo_cpu_node_compute(velo_backend_instance *inst, const velo_graph_
     case VELO_OP_MUL_MAT: {
       if (is_qmat(node)) return mul_mat_q_group(inst, &node, 1, index, err);
       const int64_t K = s0->ne[0], N = s0->ne[1], M = n_rows(node->src[1]);
-      if (s0->dtype == VELO_DTYPE_F16 || velo_dtype_converts_act(s0->dtype)) {
-        args.col_bytes = s0->dtype == VELO_DTYPE_F16 ? velo_dtype_row_bytes(VELO_DTYPE_F16, K)
-                                                     : velo_act_bytes(s0->dtype, K);
+      if (s0->dtype == VELO_DTYPE_F16) {
+        args.col_bytes = velo_dtype_row_bytes(VELO_DTYPE_F16, K);
         st = scratch_reserve(inst, args.col_bytes * (size_t)M, index, node->op, err);
         if (st != VELO_OK) return st;
         args.scratch = inst->scratch;

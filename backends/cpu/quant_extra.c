@@ -194,3 +194,13 @@ float velo_act_dot(velo_dtype wt, const void *w, const void *act, int64_t K) {
       return velo_dot_k_q8_K(wt, w, act, K);
   }
 }
+
+/* See cpu_kernels.h. */
+void velo_mul_mat_act_ref(velo_dtype wt, const void *w, size_t w_stride, int64_t nr,
+                          const void *cols, size_t col_stride, int64_t nc, int64_t K,
+                          float *const *dst, int64_t off) {
+  for (int64_t r = 0; r < nr; r++)
+    for (int64_t c = 0; c < nc; c++)
+      dst[c][off + r] = velo_act_dot(wt, (const char *)w + (size_t)r * w_stride,
+                                     (const char *)cols + (size_t)c * col_stride, K);
+}

@@ -460,6 +460,7 @@ static const velo_cpu_vec scalar_vec = {
     .quantize_row_q8_0 = velo_quantize_row_q8_0_ref,
     .qcol_prepare = qcol_prepare_ref,
     .mul_mat_q = mul_mat_q_ref,
+    .mul_mat_act = velo_mul_mat_act_ref,
 };
 
 /* See cpu_kernels.h. */

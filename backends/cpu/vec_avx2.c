@@ -16,6 +16,7 @@
  * AVX-512 table (vec_avx512.c) reuses the float and quantization entries.
  */
 #include "vec_avx2.h"
+#include "act_simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
@@ -314,6 +315,7 @@ static const velo_cpu_vec avx2_vec = {
     .quantize_row_q8_0 = velo_quantize_row_q8_0_avx2,
     .qcol_prepare = qcol_prepare_avx2,
     .mul_mat_q = mul_mat_q_avx2,
+    .mul_mat_act = velo_mul_mat_act_avx2,
 };
 
 /* See vec_avx2.h: AVX, AVX2, FMA and F16C, and the OS saves the YMM

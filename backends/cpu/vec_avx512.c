@@ -20,6 +20,7 @@
  * handed out only after a run-time CPUID/XGETBV check.
  */
 #include "vec_avx512.h"
+#include "act_simd.h"
 #include "vec_avx2.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -233,6 +234,7 @@ static const velo_cpu_vec avx512_vec = {
     .quantize_row_q8_0 = velo_quantize_row_q8_0_avx2,
     .qcol_prepare = qcol_prepare_avx512,
     .mul_mat_q = mul_mat_q_avx512,
+    .mul_mat_act = velo_mul_mat_act_avx512,
 };
 
 /* True when the CPU has AVX-512 F, BW, VL and VNNI (CPUID leaf 7) and the

@@ -376,6 +376,124 @@ static void test_bf16(void) {
   }
 }
 
+/* Sets the float scale fields of one random weight block of dtype wt to
+ * random finite values in [1e-3, 2e-2) (random bytes there could be NaN or
+ * infinite, whose bits need not survive every ISA alike).  Returns false
+ * for a dtype whose scale fields this test does not know: add them here
+ * when a format is added. */
+static bool sanitize_block(velo_dtype wt, char *blk) {
+  const uint16_t d = velo_fp32_to_fp16((float)rnd_unit(1e-3, 2e-2));
+  const uint16_t m = velo_fp32_to_fp16((float)rnd_unit(1e-3, 2e-2));
+  switch (wt) {
+    case VELO_DTYPE_Q4_K:
+    case VELO_DTYPE_Q5_K:
+    case VELO_DTYPE_Q4_1:
+    case VELO_DTYPE_Q5_1:
+      memcpy(blk, &d, 2);
+      memcpy(blk + 2, &m, 2);
+      return true;
+    case VELO_DTYPE_Q5_0:
+      memcpy(blk, &d, 2);
+      return true;
+    case VELO_DTYPE_Q6_K:
+      memcpy(blk + offsetof(velo_block_q6_K, d), &d, 2);
+      return true;
+    case VELO_DTYPE_Q2_K: /* scales[16], qs[64], d, dmin */
+      memcpy(blk + 80, &d, 2);
+      memcpy(blk + 82, &m, 2);
+      return true;
+    case VELO_DTYPE_Q3_K: /* hmask[32], qs[64], scales[12], d */
+      memcpy(blk + 108, &d, 2);
+      return true;
+    case VELO_DTYPE_Q8_K: {
+      const float f = (float)rnd_unit(1e-3, 2e-2);
+      memcpy(blk, &f, 4);
+      return true;
+    }
+    case VELO_DTYPE_BF16: {
+      const uint16_t b = velo_fp32_to_bf16((float)rnd_unit(-1, 1));
+      memcpy(blk, &b, 2);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+/* Every ISA table's mul_mat_act against velo_act_dot, to the bit, for
+ * every converted-activation weight dtype (found by asking
+ * velo_dtype_converts_act of each dtype, so a new format is covered):
+ * random weights and activations, row and column counts that leave every
+ * tile shape's tails (1..13 rows, 1..9 columns), a nonzero output offset,
+ * and sentinels around each output column that must stay untouched. */
+static void test_act_tables(void) {
+  enum { MAXR = 13, MAXC = 9, OFF = 3, MAXK = 2048 };
+  static char w[MAXR * (MAXK / 32) * 64];
+  static char cols[MAXC * 4096];
+  static float x[MAXK], out[MAXC][OFF + MAXR + 2];
+  int n_types = 0;
+  for (int t = 0; t < VELO_DTYPE_COUNT; t++) {
+    const velo_dtype wt = (velo_dtype)t;
+    if (!velo_dtype_converts_act(wt)) continue;
+    n_types++;
+    const int64_t blk = velo_dtype_block_size(wt);
+    const size_t bb = velo_dtype_block_bytes(wt);
+    for (int rep = 0; rep < 12; rep++) {
+      int64_t K = blk == 1 ? 1 + (int64_t)(check_rnd() % 300) : blk * (1 + (int64_t)(check_rnd() % 8));
+      if (rep == 0) K = blk == 1 ? 2048 : MAXK / blk * blk; /* a model-sized row */
+      const int64_t nr = 1 + (int64_t)(check_rnd() % MAXR), nc = 1 + (int64_t)(check_rnd() % MAXC);
+      const size_t row_bytes = velo_dtype_row_bytes(wt, K);
+      const size_t ws = row_bytes + (size_t)(check_rnd() % 2) * bb; /* padded rows too */
+      const size_t ab = velo_act_bytes(wt, K), cs = (ab + 63) / 64 * 64;
+      CHECK(ws * (size_t)nr <= sizeof w && cs * (size_t)nc <= sizeof cols, "test buffers");
+      rnd_bytes(w, ws * (size_t)nr);
+      bool known = true;
+      for (int64_t r = 0; r < nr && known; r++)
+        for (int64_t b = 0; b < K / blk && known; b++)
+          known = sanitize_block(wt, w + (size_t)r * ws + (size_t)b * bb);
+      CHECK(known, "%s: test_act_tables lacks its scale fields (sanitize_block)",
+            velo_dtype_name(wt));
+      if (!known) break;
+      for (int64_t c = 0; c < nc; c++) {
+        rnd_acts(x, K, 1.0);
+        velo_act_convert(wt, x, cols + (size_t)c * cs, K);
+      }
+      for (int isa = 0; isa <= VELO_CPU_ISA_LAST; isa++) {
+        const velo_cpu_vec *vec = velo_cpu_vec_for((velo_cpu_isa)isa);
+        if (!vec) continue;
+        float *dst[MAXC];
+        for (int64_t c = 0; c < nc; c++) {
+          for (int i = 0; i < OFF + MAXR + 2; i++) out[c][i] = -7.25f;
+          dst[c] = out[c];
+        }
+        vec->mul_mat_act(wt, w, ws, nr, cols, cs, nc, K, dst, OFF);
+        int bad = 0, stray = 0;
+        for (int64_t c = 0; c < nc; c++) {
+          for (int64_t r = 0; r < nr; r++) {
+            const float want = velo_act_dot(wt, w + (size_t)r * ws, cols + (size_t)c * cs, K);
+            if (memcmp(&want, &out[c][OFF + r], sizeof want) != 0) {
+              if (bad == 0)
+                printf("  %s %s K %lld row %lld col %lld: %.9g, velo_act_dot %.9g\n",
+                       vec->name, velo_dtype_name(wt), (long long)K, (long long)r,
+                       (long long)c, (double)out[c][OFF + r], (double)want);
+              bad++;
+            }
+          }
+          for (int i = 0; i < OFF + MAXR + 2; i++)
+            if ((i < OFF || i >= OFF + nr) && out[c][i] != -7.25f) stray++;
+        }
+        CHECK(bad == 0, "%s mul_mat_act %s (K %lld, %lld x %lld): %d outputs differ from "
+              "velo_act_dot", vec->name, velo_dtype_name(wt), (long long)K, (long long)nr,
+              (long long)nc, bad);
+        CHECK(stray == 0, "%s mul_mat_act %s wrote %d values outside its outputs", vec->name,
+              velo_dtype_name(wt), stray);
+      }
+    }
+  }
+  CHECK(n_types >= 7, "converted-activation formats found: %d", n_types);
+  printf("mul_mat_act: every ISA table equals velo_act_dot on %d formats\n", n_types);
+}
+
 int main(void) {
   check_rng_state = 0x6b71756174ull;
   static const velo_dtype types[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
@@ -388,5 +506,6 @@ int main(void) {
   test_small(VELO_DTYPE_Q5_0);
   test_small(VELO_DTYPE_Q5_1);
   test_bf16();
+  test_act_tables();
   return check_summary("cpu_kquant");
 }
