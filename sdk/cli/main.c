@@ -224,8 +224,14 @@ static int apply_option(options *o, int id, const char *arg, const char *name) {
     case OPT_TOP_K:
     case OPT_REPEAT_LAST_N:
       /* Range checks are the server's job; only the int32 wire type is ours. */
-      if (!parse_int(arg, INT32_MIN, INT32_MAX, &i))
-        return usage_error("expected an integer for", name);
+      if (!parse_int(arg, INT32_MIN, INT32_MAX, &i)) {
+        fprintf(stderr,
+                "velo: --%s needs an integer from -2147483648 to 2147483647 (the server checks "
+                "the field's own range), got '%s'\n",
+                name, arg);
+        fprintf(stderr, "Try 'velo --help'.\n");
+        return 2;
+      }
       if (id == OPT_MAX_TOKENS) {
         g->_max_tokens_case = VELO__V1__GENERATE_REQUEST___MAX_TOKENS_MAX_TOKENS;
         g->max_tokens = (int32_t)i;
@@ -241,7 +247,14 @@ static int apply_option(options *o, int id, const char *arg, const char *name) {
     case OPT_TOP_P:
     case OPT_MIN_P:
     case OPT_REPEAT_PENALTY:
-      if (!parse_double(arg, &d)) return usage_error("expected a number for", name);
+      if (!parse_double(arg, &d)) {
+        fprintf(stderr,
+                "velo: --%s needs a finite number (the server checks the field's own range), "
+                "got '%s'\n",
+                name, arg);
+        fprintf(stderr, "Try 'velo --help'.\n");
+        return 2;
+      }
       if (id == OPT_TEMPERATURE) {
         g->_temperature_case = VELO__V1__GENERATE_REQUEST___TEMPERATURE_TEMPERATURE;
         g->temperature = (float)d;
