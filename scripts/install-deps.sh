@@ -20,6 +20,9 @@ set -eu
 #   python3 python3-grpcio python3-protobuf    end-to-end tests (run by /usr/bin/python3)
 #   python3-numpy python3-pytest
 #   valgrind                                   memory checks by hand (not run by the suite)
+#   gcc-aarch64-linux-gnu qemu-user            the CPU kernels' portable path cross-compiled for
+#                                              arm64 and its unit tests run under qemu (tests/unit/
+#                                              arm64.cmake): x86 SIMD must compile away elsewhere
 #   hipcc libamdhip64-dev                      the HIP backend (ROCm 5.2; ~350 MB): CI builds it so
 #                                              that a change breaking GPU code fails CI.  The CUDA
 #                                              backend needs NVIDIA's toolkit (not a Debian package;
@@ -43,6 +46,8 @@ python3-protobuf
 python3-numpy
 python3-pytest
 valgrind
+gcc-aarch64-linux-gnu
+qemu-user
 "
 if [ "${VELO_DEPS_NO_HIP:-0}" != 1 ]; then
   PACKAGES="$PACKAGES hipcc libamdhip64-dev"
