@@ -101,8 +101,8 @@ static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_er
       [VELO_CPU_ISA_AVX512] = " F/BW/VL/VNNI (bit-identical to portable C)",
   };
   snprintf(out->description, sizeof out->description,
-           "kernels: %s%s; weights F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K, "
-           "activations quantized as llama.cpp (K-quants/Q4_1/Q5_x/BF16 portable C); "
+           "kernels: %s%s; weights F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q8_K Q4_K Q5_K Q6_K "
+           "(SIMD) and Q2_K Q3_K (portable C), activations quantized as llama.cpp; "
            "batch-invariant",
            vec->name, isa_detail[vec->isa]);
   long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);

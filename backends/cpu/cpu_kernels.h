@@ -1,8 +1,10 @@
 /*
  * cpu_kernels.h - the CPU backend's numeric kernels: FP16 conversion, the
- * Q8_0 and Q4_0 quantization blocks (SIMD variants), the K-quant, Q4_1,
- * Q5_0, Q5_1 and BF16 formats (portable C), and the vector primitives (dot
- * products, activation quantization) that the graph ops are built from.
+ * quantization blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the K-quants Q2_K to
+ * Q8_K, BF16) with their dequantizers and dot products, and the vector
+ * primitives (dot products, activation quantization, matrix products) that
+ * the graph ops are built from.  Every format but Q2_K and Q3_K also has
+ * AVX2 and AVX-512 matrix kernels (vec_avx*.c, kq_avx*.c, qx_avx*.c).
  *
  * This is the header other code may include (link the static library
  * velo_cpu_kernels).  Everything here is pure: no global mutable state, no
@@ -106,7 +108,7 @@ void velo_dequantize_row_q8_0(const velo_block_q8_0 *x, float *y, int64_t n);
 void velo_dequantize_row_q4_0(const velo_block_q4_0 *x, float *y, int64_t n);
 
 /* Converts one row of n elements of dtype (F32, F16, BF16, Q8_0, Q4_0,
- * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K or Q8_K) to
+ * Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or Q8_K) to
  * float.  Returns false (writing nothing) for another dtype or when n is
  * not a multiple of the block size. */
 bool velo_dequantize_row(velo_dtype dtype, const void *x, float *y, int64_t n);
@@ -203,8 +205,81 @@ float velo_dot_q4_K_q8_K_ref(const velo_block_q4_K *w, const velo_block_q8_K *x,
 float velo_dot_q5_K_q8_K_ref(const velo_block_q5_K *w, const velo_block_q8_K *x, int64_t n);
 float velo_dot_q6_K_q8_K_ref(const velo_block_q6_K *w, const velo_block_q8_K *x, int64_t n);
 
-/* One output of a K-quant product: dispatches on wt (Q4_K, Q5_K, Q6_K). */
+/* Q8_K weights (a Q8_K row as a weight matrix row) with a Q8_K activation
+ * row, n a multiple of 256.  Fixed arithmetic: per super-block b the exact
+ * int32 sum s = sum_i w.qs[i]*x.qs[i] (|s| <= 256*128*128 < 2^23, so
+ * (float)s is exact), then acc += (w.d*x.d) * (float)s, blocks in order,
+ * acc from +0.  The weights' bsums are not read.  The SIMD kernels assume
+ * activation quants in [-127, 127], as velo_quantize_row_q8_K_ref makes
+ * them; weight quants may be any int8. */
+float velo_dot_q8_K_q8_K_ref(const velo_block_q8_K *w, const velo_block_q8_K *x, int64_t n);
+
+/* One output of a K-quant product: dispatches on wt (Q2_K, Q3_K, Q4_K,
+ * Q5_K, Q6_K). */
 float velo_dot_k_q8_K(velo_dtype wt, const void *w, const velo_block_q8_K *x, int64_t n);
+
+/* ------------------------------------------------------------------ */
+/* Q2_K and Q3_K super-blocks of 256 (GGUF / ggml layouts; quant_k23.c) */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Both split a super-block into 16 sub-blocks of 16 elements (sub-block s
+ * holds elements 16s..16s+15) and share one placement of the two low bits
+ * of each element: element i = 128h + 32j + l (half h = 0..1, column
+ * j = 0..3, lane l = 0..31) is bits 2j..2j+1 of qs[32h + l].  So one qs
+ * byte carries the same lane of the four columns of a half.
+ *
+ * Q2_K: element value = fp16(d) * sc * q - fp16(dmin) * m, q = the two
+ * bits (0..3), sc = the low nibble and m = the high nibble of scales[s].
+ * 84 bytes.
+ *
+ * Q3_K: element value = fp16(d) * (sc - 32) * (q - off), q = the two low
+ * bits, off = 0 when bit i/32 of hmask[i % 32] is set and 4 when it is
+ * clear (so q - off is -4..3).  The sixteen 6-bit scales sc are packed in
+ * scales[12]: the low four bits of scale s are the low (s < 8) or high
+ * (s >= 8) nibble of scales[s % 8], its top two bits are bits
+ * 2*(s/4)..2*(s/4)+1 of scales[8 + s % 4]; the stored value is offset by
+ * 32 (0..63 stands for -32..31).  110 bytes.
+ */
+typedef struct velo_block_q2_K {
+  uint8_t scales[VELO_QK_K / 16]; /* per sub-block: scale (low nibble), min (high) */
+  uint8_t qs[VELO_QK_K / 4];      /* 2-bit quants */
+  uint16_t d;                     /* super-block scale of the scales, fp16 bits */
+  uint16_t dmin;                  /* super-block scale of the mins, fp16 bits */
+} velo_block_q2_K;
+
+typedef struct velo_block_q3_K {
+  uint8_t hmask[VELO_QK_K / 8]; /* third bit of each quant (set: +0, clear: -4) */
+  uint8_t qs[VELO_QK_K / 4];    /* low 2 bits of each quant */
+  uint8_t scales[12];           /* sixteen 6-bit scales, offset by 32 */
+  uint16_t d;                   /* super-block scale, fp16 bits */
+} velo_block_q3_K;
+
+_Static_assert(sizeof(velo_block_q2_K) == 84, "Q2_K block must be 84 bytes");
+_Static_assert(sizeof(velo_block_q3_K) == 110, "Q3_K block must be 110 bytes");
+_Static_assert(offsetof(velo_block_q2_K, d) == 80 && offsetof(velo_block_q2_K, dmin) == 82,
+               "Q2_K d, dmin at bytes 80, 82");
+_Static_assert(offsetof(velo_block_q3_K, d) == 108, "Q3_K d at byte 108");
+
+/* Dequantizers, n a multiple of 256, values computed as ggml does:
+ * (fp16(d)*sc)*q - (fp16(dmin)*m) for Q2_K and (fp16(d)*(sc-32))*(q-off)
+ * for Q3_K, each product rounded to float (every product is exact in
+ * float: an 11-bit fp16 mantissa times at most 4 + 2 or 6 + 3 bits; only
+ * Q2_K's subtraction rounds). */
+void velo_dequantize_row_q2_K(const velo_block_q2_K *x, float *y, int64_t n);
+void velo_dequantize_row_q3_K(const velo_block_q3_K *x, float *y, int64_t n);
+
+/* Products with a Q8_K activation row, n a multiple of 256.  Fixed
+ * arithmetic, the same for every output, batch size and thread count: per
+ * super-block b the exact int32 sums
+ *   Q2_K: si = sum_s sc[s] * sum_{i in sub-block s} q_i*x_i,
+ *         sm = sum_s m[s] * bsums[s]           (q_i = 0..3);
+ *   Q3_K: si = sum_s (sc[s]-32) * sum_{i in s} (q_i-off_i)*x_i
+ * (|si| <= 15*3*128*256 resp. 32*4*128*256 < 2^24, so (float)si is
+ * exact), then in float acc += (fp16(d)*x.d) * (float)si and, for Q2_K,
+ * acc -= (fp16(dmin)*x.d) * (float)sm; blocks in order, acc from +0. */
+float velo_dot_q2_K_q8_K_ref(const velo_block_q2_K *w, const velo_block_q8_K *x, int64_t n);
+float velo_dot_q3_K_q8_K_ref(const velo_block_q3_K *w, const velo_block_q8_K *x, int64_t n);
 
 /* ------------------------------------------------------------------ */
 /* Further formats: Q4_1, Q5_0, Q5_1 (blocks of 32), Q8_1, BF16         */
@@ -274,8 +349,8 @@ float velo_dot_q5_0_q8_0_ref(const velo_block_q5_0 *w, const velo_block_q8_0 *x,
 /* bf16 x bf16, 8 float lanes (element k in lane k % 8) as dot_f32. */
 float velo_dot_bf16_ref(const uint16_t *x, const uint16_t *y, int64_t n);
 
-/* Converted-activation weight formats (Q4_K, Q5_K, Q6_K, Q4_1, Q5_0, Q5_1,
- * BF16): MUL_MAT converts each activation column once to the weight's
+/* Converted-activation weight formats (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_1,
+ * Q5_0, Q5_1, BF16, Q8_K): MUL_MAT converts each activation column once to the weight's
  * activation format (Q8_K, Q8_1, Q8_0, bf16) and computes each output with
  * one fixed dot, whatever the batch size and thread count. */
 bool velo_dtype_converts_act(velo_dtype wt);

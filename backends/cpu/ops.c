@@ -153,7 +153,8 @@ static velo_status check_data(const velo_graph_node *node, size_t index, const c
 static const velo_dtype k_weights[] = {VELO_DTYPE_F32,  VELO_DTYPE_F16,  VELO_DTYPE_BF16,
                                        VELO_DTYPE_Q8_0, VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_1,
                                        VELO_DTYPE_Q5_0, VELO_DTYPE_Q5_1, VELO_DTYPE_Q4_K,
-                                       VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
+                                       VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K, VELO_DTYPE_Q2_K,
+                                       VELO_DTYPE_Q3_K, VELO_DTYPE_Q8_K};
 
 /* See cpu_backend.h.  Headers and this backend's dtypes are checked here;
  * the op contracts of backend.h in velo_op_check_shapes (velo/op_check.h). */

@@ -2,8 +2,9 @@
  * quant_extra.c - the CPU backend's further weight formats, portable C:
  * Q4_1, Q5_0, Q5_1 (blocks of 32) and BF16, with their activation formats
  * (Q8_1 for Q4_1/Q5_1, Q8_0 for Q5_0, bf16 for BF16, as llama.cpp's
- * vec_dot_type), and the generic "convert the activation column, then one
- * fixed dot per output" entry points the MUL_MAT op uses for these and the
+ * vec_dot_type), Q8_K as a weight format (Q8_K activations), and the
+ * generic "convert the activation column, then one fixed dot per output"
+ * entry points the MUL_MAT op uses for these and the
  * K-quants (cpu_kernels.h, "Converted-activation weight formats").
  *
  * Pure functions, no state; safe from any thread on disjoint outputs.  The
@@ -126,8 +127,21 @@ float velo_dot_bf16_ref(const uint16_t *x, const uint16_t *y, int64_t n) {
 }
 
 /* See cpu_kernels.h. */
+float velo_dot_q8_K_q8_K_ref(const velo_block_q8_K *w, const velo_block_q8_K *x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < n / VELO_QK_K; b++) {
+    int32_t s = 0;
+    for (int j = 0; j < VELO_QK_K; j++) s += (int32_t)w[b].qs[j] * (int32_t)x[b].qs[j];
+    acc += (w[b].d * x[b].d) * (float)s;
+  }
+  return acc;
+}
+
+/* See cpu_kernels.h. */
 bool velo_dtype_converts_act(velo_dtype wt) {
   switch (wt) {
+    case VELO_DTYPE_Q2_K:
+    case VELO_DTYPE_Q3_K:
     case VELO_DTYPE_Q4_K:
     case VELO_DTYPE_Q5_K:
     case VELO_DTYPE_Q6_K:
@@ -135,6 +149,7 @@ bool velo_dtype_converts_act(velo_dtype wt) {
     case VELO_DTYPE_Q5_0:
     case VELO_DTYPE_Q5_1:
     case VELO_DTYPE_BF16:
+    case VELO_DTYPE_Q8_K:
       return true;
     default:
       return false;
@@ -190,6 +205,8 @@ float velo_act_dot(velo_dtype wt, const void *w, const void *act, int64_t K) {
       return velo_dot_q5_0_q8_0_ref(w, act, K);
     case VELO_DTYPE_BF16:
       return velo_dot_bf16_ref(w, act, K);
+    case VELO_DTYPE_Q8_K:
+      return velo_dot_q8_K_q8_K_ref(w, act, K);
     default:
       return velo_dot_k_q8_K(wt, w, act, K);
   }

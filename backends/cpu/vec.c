@@ -201,6 +201,10 @@ float velo_dot_q6_K_q8_K_ref(const velo_block_q6_K *w, const velo_block_q8_K *x,
 /* See cpu_kernels.h. */
 float velo_dot_k_q8_K(velo_dtype wt, const void *w, const velo_block_q8_K *x, int64_t n) {
   switch (wt) {
+    case VELO_DTYPE_Q2_K:
+      return velo_dot_q2_K_q8_K_ref(w, x, n);
+    case VELO_DTYPE_Q3_K:
+      return velo_dot_q3_K_q8_K_ref(w, x, n);
     case VELO_DTYPE_Q4_K:
       return velo_dot_q4_K_q8_K_ref(w, x, n);
     case VELO_DTYPE_Q5_K:
@@ -239,11 +243,15 @@ bool velo_dequantize_row(velo_dtype dtype, const void *x, float *y, int64_t n) {
       if (dtype == VELO_DTYPE_Q5_0) velo_dequantize_row_q5_0(x, y, n);
       if (dtype == VELO_DTYPE_Q5_1) velo_dequantize_row_q5_1(x, y, n);
       return true;
+    case VELO_DTYPE_Q2_K:
+    case VELO_DTYPE_Q3_K:
     case VELO_DTYPE_Q4_K:
     case VELO_DTYPE_Q5_K:
     case VELO_DTYPE_Q6_K:
     case VELO_DTYPE_Q8_K:
       if (n % VELO_QK_K) return false;
+      if (dtype == VELO_DTYPE_Q2_K) velo_dequantize_row_q2_K(x, y, n);
+      if (dtype == VELO_DTYPE_Q3_K) velo_dequantize_row_q3_K(x, y, n);
       if (dtype == VELO_DTYPE_Q4_K) velo_dequantize_row_q4_K(x, y, n);
       if (dtype == VELO_DTYPE_Q5_K) velo_dequantize_row_q5_K(x, y, n);
       if (dtype == VELO_DTYPE_Q6_K) velo_dequantize_row_q6_K(x, y, n);

@@ -1,7 +1,8 @@
 /*
  * test_cpu_kquant.c - unit tests of the CPU backend's K-quant formats
- * (Q4_K, Q5_K, Q6_K weights, Q8_K activations) and the further formats
- * (Q4_1, Q5_1 with Q8_1 activations, Q5_0 with Q8_0, BF16 with bf16):
+ * (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K weights, Q8_K activations) and the further formats
+ * (Q4_1, Q5_1 with Q8_1 activations, Q5_0 with Q8_0, BF16 with bf16, Q8_K
+ * weights with Q8_K; see test_q8_K_weights for its tolerances):
  * dequantization, activation conversion and the dot products, each
  * against a plain float64 reference written from the GGUF block layouts,
  * on random data (random
@@ -11,7 +12,10 @@
  * Tolerances (2^-24 is float's unit roundoff u):
  *  - dequantization: the float path rounds d*sc (exact in double), its
  *    product with q, and the subtraction of dmin*m: at most 3 roundings of
- *    values bounded by T = |d*sc*q| + |dmin*m|, so |err| <= 4u*T.
+ *    values bounded by T = |d*sc*q| + |dmin*m|, so |err| <= 4u*T.  Q2_K
+ *    and Q3_K: d*sc*q and dmin*m are exact in float (11 + 4 + 2 and
+ *    11 + 6 + 3 significant bits), so Q3_K is exact (tolerance 0) and Q2_K
+ *    rounds once, in the subtraction: |err| <= u*T.
  *  - Q8_K quantization: q = round(x*iscale) with iscale and d = 1/iscale
  *    float roundings: |x - d*q| <= |d|/2 + 4u*|x|; the element of largest
  *    |x| gets |q| = 127; bsums are exact sums.
@@ -20,7 +24,8 @@
  *    product, the add) plus one accumulation per block, each relative to a
  *    value bounded by S = sum_i |w_i*xq_i| split into its scale and min
  *    parts, so |err| <= (nb + 4)*u*S' with S' = sum_i (|d*sc*q| +
- *    |dmin*m|)*|xq_i|.
+ *    |dmin*m|)*|xq_i|.  Q2_K adds two terms per block (scales, then mins),
+ *    2nb accumulations in all: |err| <= (2nb + 4)*u*S'.
  *  - dot against float64 on the float activations: the above plus the
  *    activation quantization error sum_i |w_i|*|d_x|/2 (+4u|x_i| each);
  *    for Q4_1/Q5_1 also |m|*2^-10*sum|x_q| per block, the error of
@@ -82,6 +87,50 @@ static double ref_q6(const velo_block_q6_K *w, int i, double *t) {
   return v;
 }
 
+/* The n bits of p from bit k up (bit k is bit k % 8 of byte k / 8), the
+ * first one least significant. */
+static int bits_at(const uint8_t *p, int k, int n) {
+  int v = 0;
+  for (int i = 0; i < n; i++) v |= ((p[(k + i) / 8] >> ((k + i) % 8)) & 1) << i;
+  return v;
+}
+
+/* Float64 element i = 128h + 32j + l of a Q2_K block (84 bytes: scales at
+ * byte 0, qs at 16, fp16 d at 80, fp16 dmin at 82), read by bit position:
+ * q is the 2 bits at bit 2j of qs byte 32h + l; sub-block i/16's scale is
+ * bits 0..3 and its min bits 4..7 of scales byte i/16.  *t = |d*sc*q| +
+ * |dmin*m|. */
+static double ref_q2(const uint8_t *blk, int i, double *t) {
+  const int h = i / 128, j = (i % 128) / 32, l = i % 32;
+  uint16_t dh, mh;
+  memcpy(&dh, blk + 80, 2);
+  memcpy(&mh, blk + 82, 2);
+  const int q = bits_at(blk + 16, 8 * (32 * h + l) + 2 * j, 2);
+  const int sc = bits_at(blk, 8 * (i / 16), 4), m = bits_at(blk, 8 * (i / 16) + 4, 4);
+  const double a = (double)velo_fp16_to_fp32(dh) * sc * q, b = (double)velo_fp16_to_fp32(mh) * m;
+  if (t) *t = fabs(a) + fabs(b);
+  return a - b;
+}
+
+/* Float64 element i of a Q3_K block (110 bytes: hmask at byte 0, qs at
+ * 32, scales at 96, fp16 d at 108): the low 2 bits as Q2_K's (from qs),
+ * minus 4 unless bit i/32 of hmask byte i%32 is set; the 6-bit scale of
+ * sub-block s = i/16 has its low 4 bits at bit 8*(s%8) + 4*(s/8) of the
+ * scales bytes and its top 2 at bit 64 + 8*(s%4) + 2*(s/4), and stands
+ * for that value minus 32.  *t = |value|. */
+static double ref_q3(const uint8_t *blk, int i, double *t) {
+  const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+  uint16_t dh;
+  memcpy(&dh, blk + 108, 2);
+  int q = bits_at(blk + 32, 8 * (32 * h + l) + 2 * j, 2);
+  if (!bits_at(blk, 8 * (i % 32) + i / 32, 1)) q -= 4;
+  const int sc = bits_at(blk + 96, 8 * (s % 8) + 4 * (s / 8), 4) +
+                 16 * bits_at(blk + 96, 64 + 8 * (s % 4) + 2 * (s / 4), 2);
+  const double v = (double)velo_fp16_to_fp32(dh) * (sc - 32) * q;
+  if (t) *t = fabs(v);
+  return v;
+}
+
 /* Float64 element i of weight row w of dtype wt (i < n). */
 static double ref_w(velo_dtype wt, const void *w, int64_t i, double *t) {
   const int64_t b = i / 256;
@@ -94,6 +143,8 @@ static double ref_w(velo_dtype wt, const void *w, int64_t i, double *t) {
     const velo_block_q5_K *x = (const velo_block_q5_K *)w + b;
     return ref_k4(x->d, x->dmin, x->scales, x->qs, x->qh, e, t);
   }
+  if (wt == VELO_DTYPE_Q2_K) return ref_q2((const uint8_t *)w + 84 * b, e, t);
+  if (wt == VELO_DTYPE_Q3_K) return ref_q3((const uint8_t *)w + 110 * b, e, t);
   return ref_q6((const velo_block_q6_K *)w + b, e, t);
 }
 
@@ -108,6 +159,11 @@ static void rnd_weights(velo_dtype wt, void *w, int64_t nb) {
     uint16_t m = velo_fp32_to_fp16((float)rnd_unit(1e-3, 2e-2));
     if (wt == VELO_DTYPE_Q6_K) {
       memcpy(blk + offsetof(velo_block_q6_K, d), &d, 2);
+    } else if (wt == VELO_DTYPE_Q2_K) { /* d, dmin at bytes 80, 82 */
+      memcpy(blk + 80, &d, 2);
+      memcpy(blk + 82, &m, 2);
+    } else if (wt == VELO_DTYPE_Q3_K) { /* d at byte 108 */
+      memcpy(blk + 108, &d, 2);
     } else {
       memcpy(blk, &d, 2);
       memcpy(blk + 2, &m, 2);
@@ -131,6 +187,8 @@ static void test_dequant(velo_dtype wt) {
   enum { NB = 8, N = NB * 256 };
   static char w[NB * 292];
   static float y[N];
+  /* see the header: Q3_K exact, Q2_K one rounding, the others three */
+  const double tol_u = wt == VELO_DTYPE_Q3_K ? 0 : wt == VELO_DTYPE_Q2_K ? 1 : 4;
   for (int rep = 0; rep < 20; rep++) {
     rnd_weights(wt, w, NB);
     CHECK(velo_dequantize_row(wt, w, y, N), "%s dequantize_row", velo_dtype_name(wt));
@@ -139,11 +197,11 @@ static void test_dequant(velo_dtype wt) {
     for (int64_t i = 0; i < N; i++) {
       double t, r = ref_w(wt, w, i, &t);
       double e = fabs((double)y[i] - r);
-      if (e > 4 * U * t) bad++;
+      if (e > tol_u * U * t) bad++;
       if (e > worst) worst = e;
     }
-    CHECK(bad == 0, "%s dequantization: %d of %d elements past 4u*T (worst %.3g)",
-          velo_dtype_name(wt), bad, N, worst);
+    CHECK(bad == 0, "%s dequantization: %d of %d elements past %gu*T (worst %.3g)",
+          velo_dtype_name(wt), bad, N, tol_u, worst);
   }
   CHECK(!velo_dequantize_row(wt, w, y, 255), "%s: n = 255 must be refused", velo_dtype_name(wt));
 }
@@ -208,10 +266,15 @@ static void test_dot(velo_dtype wt) {
       direct = velo_dot_q4_K_q8_K_ref((const velo_block_q4_K *)w, q, n);
     else if (wt == VELO_DTYPE_Q5_K)
       direct = velo_dot_q5_K_q8_K_ref((const velo_block_q5_K *)w, q, n);
+    else if (wt == VELO_DTYPE_Q2_K)
+      direct = velo_dot_q2_K_q8_K_ref((const velo_block_q2_K *)w, q, n);
+    else if (wt == VELO_DTYPE_Q3_K)
+      direct = velo_dot_q3_K_q8_K_ref((const velo_block_q3_K *)w, q, n);
     else
       direct = velo_dot_q6_K_q8_K_ref((const velo_block_q6_K *)w, q, n);
     CHECK(memcmp(&got, &direct, sizeof got) == 0, "%s: dispatch differs", velo_dtype_name(wt));
-    const double tol_q = (nb + 4) * U * s_q, tol_x = tol_q + qerr;
+    const int n_acc = wt == VELO_DTYPE_Q2_K ? 2 * nb : nb; /* see the header */
+    const double tol_q = (n_acc + 4) * U * s_q, tol_x = tol_q + qerr;
     const double eq = fabs((double)got - ref_q), ex = fabs((double)got - ref_x);
     CHECK(eq <= tol_q, "%s nb %d: dot %.9g, float64 on Q8_K activations %.9g (|err| %.3g > %.3g)",
           velo_dtype_name(wt), nb, (double)got, ref_q, eq, tol_q);
@@ -223,6 +286,65 @@ static void test_dot(velo_dtype wt) {
   }
   printf("%s: worst dot error / tolerance: %.3g (Q8_K activations), %.3g (float activations)\n",
          velo_dtype_name(wt), worst_q, worst_x);
+}
+
+/* Q8_K as a weight format: random quant bytes (-128 included), random
+ * float scales of either sign.  Dequantization is one rounding of d*q, so
+ * |err| <= u*|d*q|.  The dot (Q8_K activations from velo_act_convert)
+ * against float64: on the quantized activations within (nb + 4)*u*S, S =
+ * sum_i |w_i*xq_i| (as test_dot: exact integer sums, then per block the
+ * rounding of w.d*x.d, of the product and of the add); on the float
+ * activations within that plus the activation quantization error
+ * sum_i |w_i|*(|x.d|/2 + 4u|x_i|). */
+static void test_q8_K_weights(void) {
+  enum { MAXNB = 12 };
+  static velo_block_q8_K w[MAXNB], q[MAXNB];
+  static float x[MAXNB * 256], y[MAXNB * 256], xq[MAXNB * 256];
+  double worst_q = 0, worst_x = 0;
+  for (int rep = 0; rep < 60; rep++) {
+    const int nb = 1 + rep % MAXNB;
+    const int64_t n = (int64_t)nb * 256;
+    rnd_bytes(w, sizeof w[0] * (size_t)nb);
+    for (int b = 0; b < nb; b++) {
+      const double d = rnd_unit(1e-3, 2e-2);
+      w[b].d = (float)(check_rnd() & 1 ? d : -d);
+    }
+    w[0].qs[rep % 256] = -128; /* the one value activations never take */
+    CHECK(velo_dequantize_row(VELO_DTYPE_Q8_K, w, y, n), "Q8_K dequantize_row");
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+      const double v = (double)w[i / 256].d * w[i / 256].qs[i % 256];
+      if (fabs((double)y[i] - v) > U * fabs(v)) bad++;
+    }
+    CHECK(bad == 0, "Q8_K weights: %d of %lld elements past u*|d*q|", bad, (long long)n);
+    rnd_acts(x, n, rep % 3 ? 1.0 : 8.0);
+    velo_act_convert(VELO_DTYPE_Q8_K, x, q, n);
+    velo_dequantize_row(VELO_DTYPE_Q8_K, q, xq, n);
+    double ref_q = 0, ref_x = 0, s_q = 0, qerr = 0;
+    for (int64_t i = 0; i < n; i++) {
+      const double wi = (double)w[i / 256].d * w[i / 256].qs[i % 256];
+      ref_q += wi * (double)xq[i];
+      ref_x += wi * (double)x[i];
+      s_q += fabs(wi * (double)xq[i]);
+      qerr += fabs(wi) * (fabs((double)q[i / 256].d) / 2 + 4 * U * fabs((double)x[i]));
+    }
+    const float got = velo_act_dot(VELO_DTYPE_Q8_K, w, q, n);
+    const float direct = velo_dot_q8_K_q8_K_ref(w, q, n);
+    CHECK(memcmp(&got, &direct, sizeof got) == 0, "Q8_K: velo_act_dot differs from the ref dot");
+    const double tol_q = (nb + 4) * U * s_q, tol_x = tol_q + qerr;
+    const double eq = fabs((double)got - ref_q), ex = fabs((double)got - ref_x);
+    CHECK(eq <= tol_q, "Q8_K nb %d: dot %.9g, float64 on Q8_K activations %.9g (%.3g > %.3g)", nb,
+          (double)got, ref_q, eq, tol_q);
+    CHECK(ex <= tol_x, "Q8_K nb %d: dot %.9g, float64 on float activations %.9g (%.3g > %.3g)",
+          nb, (double)got, ref_x, ex, tol_x);
+    CHECK(ref_q != 0.0, "Q8_K: degenerate test data");
+    if (eq / tol_q > worst_q) worst_q = eq / tol_q;
+    if (ex / tol_x > worst_x) worst_x = ex / tol_x;
+  }
+  CHECK(velo_dtype_converts_act(VELO_DTYPE_Q8_K), "Q8_K must be a converted-activation weight");
+  printf("Q8_K weights: worst dot error / tolerance: %.3g (Q8_K activations), %.3g (float "
+         "activations)\n",
+         worst_q, worst_x);
 }
 
 /* ---- Q4_1, Q5_0, Q5_1 (blocks of 32) and BF16 ---- */
@@ -424,10 +546,11 @@ static bool sanitize_block(velo_dtype wt, char *blk) {
  * every converted-activation weight dtype (found by asking
  * velo_dtype_converts_act of each dtype, so a new format is covered):
  * random weights and activations, row and column counts that leave every
- * tile shape's tails (1..13 rows, 1..9 columns), a nonzero output offset,
+ * tile shape's tails (1..40 rows: up to two full tiles of 16 rows and any
+ * tail; 1..9 columns), a nonzero output offset,
  * and sentinels around each output column that must stay untouched. */
 static void test_act_tables(void) {
-  enum { MAXR = 13, MAXC = 9, OFF = 3, MAXK = 2048 };
+  enum { MAXR = 40, MAXC = 9, OFF = 3, MAXK = 2048 };
   static char w[MAXR * (MAXK / 32) * 64];
   static char cols[MAXC * 4096];
   static float x[MAXK], out[MAXC][OFF + MAXR + 2];
@@ -441,7 +564,9 @@ static void test_act_tables(void) {
     for (int rep = 0; rep < 12; rep++) {
       int64_t K = blk == 1 ? 1 + (int64_t)(check_rnd() % 300) : blk * (1 + (int64_t)(check_rnd() % 8));
       if (rep == 0) K = blk == 1 ? 2048 : MAXK / blk * blk; /* a model-sized row */
-      const int64_t nr = 1 + (int64_t)(check_rnd() % MAXR), nc = 1 + (int64_t)(check_rnd() % MAXC);
+      int64_t nr = 1 + (int64_t)(check_rnd() % MAXR), nc = 1 + (int64_t)(check_rnd() % MAXC);
+      if (rep == 1) nr = MAXR, nc = MAXC; /* full tiles of every width, and tails */
+      if (rep == 2) nr = MAXR - 1, nc = 1; /* decode: one column */
       const size_t row_bytes = velo_dtype_row_bytes(wt, K);
       const size_t ws = row_bytes + (size_t)(check_rnd() % 2) * bb; /* padded rows too */
       const size_t ab = velo_act_bytes(wt, K), cs = (ab + 63) / 64 * 64;
@@ -490,15 +615,79 @@ static void test_act_tables(void) {
       }
     }
   }
-  CHECK(n_types >= 7, "converted-activation formats found: %d", n_types);
+  CHECK(n_types >= 9, "converted-activation formats found: %d", n_types);
   printf("mul_mat_act: every ISA table equals velo_act_dot on %d formats\n", n_types);
+}
+
+/* The K-quant table kernels at the extremes of their integer ranges:
+ * weights of all-ones quants and scales (or bytes of 0x00/0xFF, or random)
+ * against Q8_K columns of all -128, of +-127/-128 or of random int8 (beyond
+ * what velo_act_convert makes, so that an int16 step that could saturate
+ * shows), with bsums matching.  Every ISA table must equal velo_act_dot
+ * bit for bit. */
+static void test_act_kq_extremes(void) {
+  enum { NR = 5, NC = 5, K = 512 };
+  static const velo_dtype kts[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
+  static char w[NR * (K / 256) * 210];
+  static velo_block_q8_K cols[NC][K / 256];
+  int compared = 0;
+  for (int t = 0; t < 3; t++) {
+    const velo_dtype wt = kts[t];
+    const size_t bb = velo_dtype_block_bytes(wt), ws = velo_dtype_row_bytes(wt, K);
+    for (int mode = 0; mode < 3; mode++) {
+      for (size_t i = 0; i < ws * NR; i++) {
+        const uint8_t r = (uint8_t)(check_rnd() >> 56);
+        w[i] = (char)(mode == 0 ? 0xff : mode == 1 ? (r & 1 ? 0xff : 0x00) : r);
+      }
+      for (int64_t b = 0; b < NR * (K / 256); b++) {
+        char *blk = w + (size_t)b * bb;
+        if (wt == VELO_DTYPE_Q6_K && mode == 0) /* the largest |scale| */
+          for (int s = 0; s < 16; s++)
+            blk[offsetof(velo_block_q6_K, scales) + s] = (char)(s & 1 ? 0x80 : 0x7f);
+        sanitize_block(wt, blk);
+      }
+      for (int c = 0; c < NC; c++)
+        for (int b = 0; b < K / 256; b++) {
+          velo_block_q8_K *x = &cols[c][b];
+          x->d = (float)rnd_unit(1e-3, 1e-2);
+          for (int j = 0; j < 256; j++) {
+            const int r = (int)(check_rnd() >> 56);
+            x->qs[j] = (int8_t)(mode == 0 ? -128 : mode == 1 ? (r & 1 ? 127 : -128) : r - 128);
+          }
+          for (int s = 0; s < 16; s++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += x->qs[16 * s + j];
+            x->bsums[s] = (int16_t)sum;
+          }
+        }
+      for (int isa = 0; isa <= VELO_CPU_ISA_LAST; isa++) {
+        const velo_cpu_vec *vec = velo_cpu_vec_for((velo_cpu_isa)isa);
+        if (!vec) continue;
+        float out[NC][NR], *dst[NC];
+        for (int c = 0; c < NC; c++) dst[c] = out[c];
+        vec->mul_mat_act(wt, w, ws, NR, cols, sizeof cols[0], NC, K, dst, 0);
+        int bad = 0;
+        for (int c = 0; c < NC; c++)
+          for (int r = 0; r < NR; r++) {
+            const float want = velo_act_dot(wt, w + (size_t)r * ws, cols[c], K);
+            if (memcmp(&want, &out[c][r], sizeof want) != 0) bad++;
+            compared++;
+          }
+        CHECK(bad == 0, "%s mul_mat_act %s at the integer extremes (mode %d): %d of %d outputs "
+              "differ from velo_act_dot", vec->name, velo_dtype_name(wt), mode, bad, NR * NC);
+      }
+    }
+  }
+  printf("mul_mat_act: K-quants at the integer extremes equal velo_act_dot (%d outputs)\n",
+         compared);
 }
 
 int main(void) {
   check_rng_state = 0x6b71756174ull;
-  static const velo_dtype types[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
+  static const velo_dtype types[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K,
+                                     VELO_DTYPE_Q2_K, VELO_DTYPE_Q3_K};
   test_q8_K();
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 5; i++) {
     test_dequant(types[i]);
     test_dot(types[i]);
   }
@@ -506,6 +695,8 @@ int main(void) {
   test_small(VELO_DTYPE_Q5_0);
   test_small(VELO_DTYPE_Q5_1);
   test_bf16();
+  test_q8_K_weights();
   test_act_tables();
+  test_act_kq_extremes();
   return check_summary("cpu_kquant");
 }

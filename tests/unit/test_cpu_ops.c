@@ -5,7 +5,8 @@
  *    ATTENTION) against a plain double-precision reference written here, on
  *    random data (fixed seed, no zeros), with a stated tolerance and why;
  *  - MUL_MAT for F32, F16, Q8_0 and Q4_0 weights, following llama.cpp's
- *    activation conversion (fp16 / Q8_0 blocks);
+ *    activation conversion (fp16 / Q8_0 blocks); GET_ROWS and MUL_MAT with
+ *    Q2_K and Q3_K weights (test_k23);
  *  - ATTENTION with GQA (8 query heads, 4 KV heads), positions, F32 and F16
  *    caches;
  *  - 1, 2 and 3 threads, and the portable, AVX2 and AVX-512 kernels, give
@@ -18,7 +19,8 @@
  *    shuffled physical blocks of 1, 3, 16 (and 64) slots, GQA 8/2, F32 and
  *    F16 pools, tokens of three sequences mixed in one node;
  *  - batch invariance: a MUL_MAT column (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
- *    Q5_0, Q5_1, Q4_K, Q5_K, Q6_K weights; odd block counts; batches up to 130 columns) and an
+ *    Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K weights; odd block counts; batches up to 130
+ *    columns) and an
  *    ATTENTION_PAGED query give the same bits alone and in a batch, with
  *    every thread count and kernel variant, and device_info reports
  *    batch_invariant;
@@ -176,6 +178,23 @@ static void fill_weights(velo_tensor *t, float *w) {
           }
         }
         break;
+      case VELO_DTYPE_Q2_K:
+      case VELO_DTYPE_Q3_K: {
+        /* random quant bytes, fp16 d (and Q2_K's dmin) in [0.005, 0.01) at
+         * bytes 80, 82 (Q2_K) or 108 (Q3_K); the float copy is the
+         * dequantized row */
+        const size_t bs = velo_dtype_block_bytes(t->dtype);
+        for (size_t i = 0; i < (size_t)(K / 256) * bs; i++)
+          ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
+        for (int64_t b = 0; b < K / 256; b++) {
+          char *blk = (char *)row + (size_t)b * bs;
+          uint16_t d = velo_fp32_to_fp16(0.005f * (1.0f + fabsf(rndf())));
+          memcpy(blk + (t->dtype == VELO_DTYPE_Q2_K ? 80 : 108), &d, 2);
+          if (t->dtype == VELO_DTYPE_Q2_K) memcpy(blk + 82, &d, 2);
+        }
+        velo_dequantize_row(t->dtype, row, wr, K);
+        break;
+      }
       case VELO_DTYPE_Q4_K:
       case VELO_DTYPE_Q5_K:
       case VELO_DTYPE_Q6_K: {
@@ -481,6 +500,84 @@ static void test_mul_mat(void) {
   }
 }
 
+/* Q2_K and Q3_K weights (K = 768, 3 super-blocks) through the backend:
+ * GET_ROWS gives velo_dequantize_row's values exactly (that dequantizer
+ * is checked against a float64 reference in test_cpu_kquant); MUL_MAT
+ * gives, to the bit, one velo_act_dot per output on the column converted
+ * by velo_act_convert (Q8_K), and is within tol of the float64 product of
+ * the dequantized weights with the float activations: tol = sum_i
+ * |w_i|*|x_i - xq_i| (the activation's quantization error, xq_i =
+ * x.d*q_i exactly) + (2nb + 4)*u*sum_i T_i*|xq_i| (the dot's roundings,
+ * test_cpu_kquant's bound), T_i = |w_i| + 2*15*dmin >= |d*sc*q| +
+ * |dmin*m| for Q2_K, |w_i| for Q3_K (exact elements).  Every instance
+ * gives the same bits. */
+static void test_k23(void) {
+  static const velo_dtype dts[] = {VELO_DTYPE_Q2_K, VELO_DTYPE_Q3_K};
+  static const int32_t ids[] = {7, 0, 44, 7};
+  enum { K = 768, N = 45, M = 5, T = 4 };
+  for (int k = 0; k < 2; k++) {
+    const velo_dtype dt = dts[k];
+    char what[64];
+    velo_tensor *w = new_tensor(dt, K, N, 1, 1);
+    float *wf = malloc(sizeof(float) * K * N);
+    fill_weights(w, wf);
+
+    velo_tensor *id = new_tensor(VELO_DTYPE_I32, T, 1, 1, 1);
+    fill_i32(id, ids);
+    velo_tensor *rows = new_tensor(VELO_DTYPE_F32, K, T, 1, 1);
+    velo_graph_node g = mknode(VELO_OP_GET_ROWS, rows, w, id, NULL, NULL);
+    snprintf(what, sizeof what, "GET_ROWS %s", velo_dtype_name(dt));
+    if (run(&g, what)) {
+      int bad = 0;
+      for (int t = 0; t < T; t++)
+        for (int e = 0; e < K; e++) bad += f32(rows, e, t, 0, 0) != wf[ids[t] * K + e];
+      CHECK(bad == 0, "%s: %d values differ from velo_dequantize_row", what, bad);
+      same_everywhere(&g, what);
+    }
+
+    velo_tensor *x = new_tensor(VELO_DTYPE_F32, K, M, 1, 1);
+    fill_f32(x, 2.0f);
+    velo_tensor *d = new_tensor(VELO_DTYPE_F32, N, M, 1, 1);
+    velo_graph_node n = mknode(VELO_OP_MUL_MAT, d, w, x, NULL, NULL);
+    snprintf(what, sizeof what, "MUL_MAT %s", velo_dtype_name(dt));
+    if (run(&n, what)) {
+      velo_block_q8_K act[K / 256];
+      float col[K];
+      int bad_bits = 0, bad = 0;
+      double worst = 0;
+      for (int m = 0; m < M; m++) {
+        for (int i = 0; i < K; i++) col[i] = f32(x, i, m, 0, 0);
+        velo_act_convert(dt, col, act, K);
+        for (int r = 0; r < N; r++) {
+          const char *wrow = (const char *)w->data + (size_t)r * w->nb[1];
+          const float want = velo_act_dot(dt, wrow, act, K), got = f32(d, r, m, 0, 0);
+          bad_bits += memcmp(&want, &got, sizeof got) != 0;
+          double ref = 0, qerr = 0, s = 0;
+          for (int i = 0; i < K; i++) {
+            const double wi = wf[r * K + i], xq = (double)act[i / 256].d * act[i / 256].qs[i % 256];
+            double ti = fabs(wi);
+            if (dt == VELO_DTYPE_Q2_K) {
+              uint16_t mh;
+              memcpy(&mh, wrow + 84 * (i / 256) + 82, 2);
+              ti += 30.0 * velo_fp16_to_fp32(mh);
+            }
+            ref += wi * col[i];
+            qerr += fabs(wi) * fabs(col[i] - xq);
+            s += ti * fabs(xq);
+          }
+          const double tol = qerr + (2.0 * (K / 256) + 4) * 0x1p-24 * s, e = fabs(got - ref);
+          if (e > tol) bad++;
+          if (e / tol > worst) worst = e / tol;
+        }
+      }
+      CHECK(bad_bits == 0, "%s: %d outputs differ from velo_act_dot", what, bad_bits);
+      CHECK(bad == 0, "%s: %d outputs outside tolerance (worst error/tol %.3g)", what, bad, worst);
+      same_everywhere(&n, what);
+    }
+    free(wf);
+  }
+}
+
 static void rope_case(int mode, int n_rot, float freq_scale, bool in_place) {
   enum { D = 64, H = 4, T = 3 };
   static const int32_t pos[T] = {0, 7, 100};
@@ -734,11 +831,12 @@ static void test_invalid(void) {
   expect_fail(&n, 1, VELO_UNIMPLEMENTED, 0, "IQ4_NL weights");
   /* K-quant weights are supported for MUL_MAT and GET_ROWS (K = 256) */
   {
-    static const velo_dtype kq[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K};
+    static const velo_dtype kq[] = {VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K, VELO_DTYPE_Q6_K,
+                                    VELO_DTYPE_Q2_K, VELO_DTYPE_Q3_K};
     velo_tensor *xk = new_tensor(VELO_DTYPE_F32, 256, 2, 1, 1);
     velo_tensor *ids = new_tensor(VELO_DTYPE_I32, 2, 1, 1, 1);
     velo_tensor *rows = new_tensor(VELO_DTYPE_F32, 256, 2, 1, 1);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
       velo_tensor *wk = new_tensor(kq[i], 256, 8, 1, 1);
       n = mknode(VELO_OP_MUL_MAT, out, wk, xk, NULL, NULL);
       CHECK(B->supports(inst, &n), "supports(%s MUL_MAT)", velo_dtype_name(kq[i]));
@@ -1102,7 +1200,8 @@ static void test_mul_mat_batch_invariance(void) {
   static const velo_dtype dts[] = {VELO_DTYPE_F32,  VELO_DTYPE_F16,  VELO_DTYPE_Q8_0,
                                    VELO_DTYPE_Q4_0, VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K,
                                    VELO_DTYPE_Q6_K, VELO_DTYPE_Q4_1, VELO_DTYPE_Q5_0,
-                                   VELO_DTYPE_Q5_1, VELO_DTYPE_BF16};
+                                   VELO_DTYPE_Q5_1, VELO_DTYPE_BF16, VELO_DTYPE_Q2_K,
+                                   VELO_DTYPE_Q3_K};
   static const int64_t Ms[] = {2, 7, 37, 64, 100, 130};
   static const int64_t Ks[] = {256, 96, 2080, 2304};
   enum { N = 70 };
@@ -1453,6 +1552,7 @@ int main(void) {
   test_rms_norm();
   test_binary();
   test_mul_mat();
+  test_k23();
   test_rope();
   test_swiglu();
   test_cpy();

@@ -18,7 +18,8 @@
  * kernel's weight bytes per second as a fraction of the probe's: the decode
  * roofline fraction of one product, measured in the same run.
  *
- * Usage: test_cpu_perf [-t threads] [-r reps] [-d q4_0,q8_0,f16,f32]
+ * Usage: test_cpu_perf [-t threads] [-r reps]
+ *                      [-d q4_0,q8_0,f16,f32,q4_k,q5_k,q6_k,q4_1,q5_1,q5_0,bf16,q8_k]
  *                      [-m 1,8,16,64,128] [-v avx512,avx2,scalar] [-s 0,1,2,3,4]
  * (-s picks shapes by index in the order above).
  * It builds against the backend's internal header only through the
@@ -142,6 +143,23 @@ static void fill_weights(velo_tensor *w, uint64_t seed) {
     uint16_t h = velo_fp32_to_fp16(0.01f * (float)(1 + b % 3));
     if (dt == VELO_DTYPE_F16 || dt == VELO_DTYPE_Q8_0 || dt == VELO_DTYPE_Q4_0)
       memcpy(blk, &h, 2);
+    if (dt == VELO_DTYPE_Q4_K || dt == VELO_DTYPE_Q5_K) { /* d, dmin */
+      memcpy(blk, &h, 2);
+      memcpy(blk + 2, &h, 2);
+    }
+    if (dt == VELO_DTYPE_Q6_K) memcpy(blk + offsetof(velo_block_q6_K, d), &h, 2);
+    if (dt == VELO_DTYPE_Q4_1 || dt == VELO_DTYPE_Q5_1 || dt == VELO_DTYPE_Q5_0) { /* d (, m) */
+      memcpy(blk, &h, 2);
+      if (dt != VELO_DTYPE_Q5_0) memcpy(blk + 2, &h, 2);
+    }
+    if (dt == VELO_DTYPE_BF16) { /* every element: finite, |x| < 0.07 */
+      const uint16_t bf = velo_fp32_to_bf16(0.01f * (float)(b % 13) - 0.06f);
+      memcpy(blk, &bf, 2);
+    }
+    if (dt == VELO_DTYPE_Q8_K) {
+      const float f = 0.01f;
+      memcpy(blk, &f, 4);
+    }
     if (dt == VELO_DTYPE_F32) {
       float f = 0.01f * (float)(b % 13) - 0.06f;
       memcpy(blk, &f, 4);
@@ -276,6 +294,14 @@ int main(int argc, char **argv) {
       o.dtype[VELO_DTYPE_Q8_0] = strstr(v, "q8_0") != NULL;
       o.dtype[VELO_DTYPE_F16] = strstr(v, "f16") != NULL;
       o.dtype[VELO_DTYPE_F32] = strstr(v, "f32") != NULL;
+      o.dtype[VELO_DTYPE_Q4_K] = strstr(v, "q4_k") != NULL;
+      o.dtype[VELO_DTYPE_Q5_K] = strstr(v, "q5_k") != NULL;
+      o.dtype[VELO_DTYPE_Q6_K] = strstr(v, "q6_k") != NULL;
+      o.dtype[VELO_DTYPE_Q4_1] = strstr(v, "q4_1") != NULL;
+      o.dtype[VELO_DTYPE_Q5_1] = strstr(v, "q5_1") != NULL;
+      o.dtype[VELO_DTYPE_Q5_0] = strstr(v, "q5_0") != NULL;
+      o.dtype[VELO_DTYPE_BF16] = strstr(v, "bf16") != NULL;
+      o.dtype[VELO_DTYPE_Q8_K] = strstr(v, "q8_k") != NULL;
     } else if (!strcmp(a, "-v")) {
       memset(o.isa, 0, sizeof o.isa);
       o.isa[VELO_CPU_ISA_SCALAR] = strstr(v, "scalar") != NULL;
@@ -300,7 +326,9 @@ int main(int argc, char **argv) {
   }
   printf("cpu: MUL_MAT, %d threads, median of %d, variants interleaved\n", o.threads, o.reps);
   static const velo_dtype dts[] = {VELO_DTYPE_Q4_0, VELO_DTYPE_Q8_0, VELO_DTYPE_F16,
-                                   VELO_DTYPE_F32};
+                                   VELO_DTYPE_F32,  VELO_DTYPE_Q4_K, VELO_DTYPE_Q5_K,
+                                   VELO_DTYPE_Q6_K, VELO_DTYPE_Q4_1, VELO_DTYPE_Q5_1,
+                                   VELO_DTYPE_Q5_0, VELO_DTYPE_BF16, VELO_DTYPE_Q8_K};
   static const int64_t shapes[][2] = {
       {2048, 2048}, {2048, 256}, {2048, 5632}, {5632, 2048}, {2048, 32000}};
   for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
