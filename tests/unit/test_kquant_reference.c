@@ -13,9 +13,16 @@
  * logits within 0.02 of llama.cpp's logits_first (the activation roundings
  * to Q8_K / Q8_0 / fp16 are reproduced; what remains is summation order,
  * ~1e-5).  Measured: K-quant files within 4e-6 of llama.cpp, all ids
- * matched.  The F16/Q8_0/Q4_0 files (older kernels) may have one prompt
- * per file up to 0.1 off, one fp16/Q8_0 rounding tie decided the other way
- * (Q8_0 prompt 1: 0.049).
+ * matched.  On the F16/Q8_0/Q4_0 files a prompt may be up to 0.1 off only
+ * with proof that the cause is one activation rounding decided the other
+ * way (flip_evidence in ref_common.h: at the first position where Velo
+ * leaves llama.cpp's emulated arithmetic, reversing one near-tie rounding
+ * reproduces Velo within 1e-4; the emulation itself must equal llama.cpp's
+ * logits within 1e-4).  Measured: Q8_0 prompt 1, 0.049, explained by the
+ * Q8_0 rounding of blk.0.ffn_down's input element 88 at position 1
+ * (x*127/amax = -7.5000067 in float64; Velo's float32 order gives
+ * -7.4999986, llama.cpp's -7.5000043), reproduced to 1.3e-6.  The K-quant
+ * files get no such allowance (Q8_K roundings are not part of the proof).
  * Usage: test_kquant_reference SHARED_DIR FIXTURE (FIXTURE from
  * kq_fixture.py).
  */
@@ -52,7 +59,6 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
   int n_vocab = (int)llama_model_hparams(lm)->n_vocab;
   int B = llama_model_max_batch(lm);
   float *logits = malloc((size_t)n_vocab * sizeof(float));
-  int n_over = 0; /* prompts past tol (older kernels only) */
   for (int p = 0;; p++) {
     const record *pr = find(p, "prompt_ids");
     if (!pr) break;
@@ -83,20 +89,35 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
       double d = fabs((double)logits[i] - ref_logits->v[i]);
       if (d > worst) worst = d;
     }
-    /* K-quant files: every prompt within tol.  F16/Q8_0/Q4_0 files (the
-     * older kernels, tested against stories260K in model_reference): one
-     * prompt per file may be off by up to 0.1, the size of a single fp16 /
-     * Q8_0 activation rounding tie decided the other way by float32 noise
-     * (measured: Q8_0 prompt 1, 0.049; all others within 2e-3). */
+    /* K-quant files: every prompt within tol.  F16/Q8_0/Q4_0 files: past
+     * tol only when flip_evidence proves one activation rounding flip (see
+     * the top), and the emulation it relies on is llama.cpp here (its
+     * last-position logits within 1e-4 of llama.cpp's; measured 1.6e-6);
+     * even then at most 0.1 (measured 0.049). */
     const bool kq = strchr(type, 'K') != NULL;
-    if (kq || worst > 0.1 || n_over > 0)
+    if (worst > tol && !kq) {
+      char why[512];
+      snprintf(fld, sizeof fld, "%s.emul_pos", type);
+      const record *emul = find(p, fld);
+      double emul_off = emul ? 0 : INFINITY;
+      for (int i = 0; emul && i < n_vocab && emul->n == pr->n * n_vocab; i++) {
+        double d = fabs(emul->v[(size_t)(pr->n - 1) * n_vocab + (size_t)i] - ref_logits->v[i]);
+        emul_off = d > emul_off ? d : emul_off;
+      }
+      bool flip = emul_off <= 1e-4 &&
+                  flip_evidence(lm, type, p, toks, pr->n, logits, 1e-4, why, sizeof why);
+      if (emul_off > 1e-4)
+        snprintf(why, sizeof why, "the emulation is %.3g off llama.cpp's logits", emul_off);
+      CHECK(flip && worst <= 0.1,
+            "%s prompt %d: first-step logits differ by %.3g (tolerance %g; 0.1 for a proven "
+            "rounding flip): %s",
+            type, p, worst, tol, why);
+      if (flip && worst <= 0.1)
+        printf("%s prompt %d: %.3g > %g allowed as one activation rounding flip: %s\n", type, p,
+               worst, tol, why);
+    } else
       CHECK(worst <= tol, "%s prompt %d: first-step logits differ by %.3g (tolerance %g)", type,
             p, worst, tol);
-    else if (worst > tol) {
-      n_over++;
-      printf("%s prompt %d: one activation rounding flip allowed (%.3g > %g)\n", type, p, worst,
-             tol);
-    }
     int limit = ref_ids->n;
     for (int s = 0; s < gap->n; s++)
       if (gap->v[s] < 0.05) {

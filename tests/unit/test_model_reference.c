@@ -17,9 +17,18 @@
  *    the 0.02 rule is applied against ../shared/tools/gguf_ref.py
  *    --llamacpp --kv f32 (llama.cpp's roundings, F32 cache; it reproduces
  *    llama.cpp's F16-cache logits exactly with --kv f16), and llama.cpp's
- *    own F16-cache logits are checked to the README's 0.3.  One prompt may
- *    exceed 0.02 against the emulation: a single fp16 rounding flip (see
- *    the end of run_model).
+ *    own F16-cache logits are checked to the README's 0.3.  A prompt may
+ *    exceed 0.02 against the emulation (up to 0.3) only with proof that the
+ *    cause is one activation rounding decided the other way
+ *    (flip_evidence in ref_common.h: at the first position where Velo
+ *    leaves the emulation, reversing one near-tie rounding reproduces Velo
+ *    within 1e-4).  Measured: prompt 4 (52 tokens), 0.137: positions 0-22
+ *    within 2.3e-6; at position 23 the fp16 rounding of blk.0.ffn_down's
+ *    input element 164 (0.2913818121 in float64, 2.4e-8 = 0.8 float32 ulp
+ *    below an fp16 midpoint; Velo's float32 order and llama.cpp's
+ *    (emulated) both land above it, the float64 emulation below) reversed
+ *    reproduces Velo's logits to 1.1e-6; the later positions inherit it
+ *    through the cache.
  * Usage: test_model_reference SHARED_DIR FIXTURE (FIXTURE from
  * ref_fixture.py).
  */
@@ -55,7 +64,6 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
   int B = llama_model_max_batch(lm);
   float *logits = malloc((size_t)n_vocab * sizeof(float));
   bool is_f32 = strcmp(key, "f32") == 0;
-  int n_flipped = 0; /* Q8_0 prompts off the emulation by more than tol */
   char fld[64];
   for (int p = 0;; p++) {
     const record *pr = find(p, "prompt_ids");
@@ -87,8 +95,17 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
     if (is_f32)
       CHECK(worst <= tol, "%s prompt %d: first-step logits differ by %.3g (tolerance %g)", key, p,
             worst, tol);
-    else if (worst > tol)
-      n_flipped++;
+    else if (worst > tol) {
+      char why[512];
+      bool flip = flip_evidence(lm, key, p, toks, pr->n, logits, 1e-4, why, sizeof why);
+      CHECK(flip && worst <= 0.3,
+            "%s prompt %d: first-step logits differ from the emulation by %.3g (tolerance %g; "
+            "0.3 for a proven rounding flip): %s",
+            key, p, worst, tol, why);
+      if (flip && worst <= 0.3)
+        printf("%s prompt %d: %.3g > %g allowed as one activation rounding flip: %s\n", key, p,
+               worst, tol, why);
+    }
     if (!is_f32) {
       double worst_f16kv = 0;
       for (int i = 0; i < n_vocab; i++) {
@@ -128,12 +145,6 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
            ref_ids->n, limit);
     llama_kv_free(kv);
   }
-  /* One fp16 rounding of the F16 ffn_down input decided differently by
-   * float32 noise moves the logits by ~0.1 (README caution on this file);
-   * measured: prompt 4 alone (0.137), the others within 2e-6. */
-  if (!is_f32)
-    CHECK(n_flipped <= 1, "%s: %d prompts differ from the emulation by more than 0.02 (at most 1 allowed)",
-          key, n_flipped);
   free(logits);
   textgen_model_unload(model);
 }
