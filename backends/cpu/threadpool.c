@@ -69,7 +69,12 @@ static unsigned wait_for_work(velo_cpu_pool *pool, unsigned seen) {
 static void *worker_main(void *p) {
   pool_worker *w = p;
   velo_cpu_pool *pool = w->pool;
-  unsigned seen = atomic_load_explicit(&pool->gen, memory_order_acquire);
+  /* The generation the pool had when this worker was created (0: set
+   * before any worker starts), never the value it has when the thread gets
+   * to run: a run published before a late-starting worker read gen would
+   * otherwise count as already seen, and the caller would wait forever for
+   * that worker's share. */
+  unsigned seen = 0;
   for (;;) {
     unsigned g = wait_for_work(pool, seen);
     if (g == seen) break; /* stopping */

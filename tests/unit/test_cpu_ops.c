@@ -31,11 +31,14 @@
  * Prints "cpu: N checks passed"; exits non-zero on any failure.
  */
 #include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cpu_backend.h"
 #include "cpu_kernels.h"
@@ -1518,8 +1521,61 @@ static void test_invalid_new_ops(void) {
   CHECK(strstr(g_last_message, "overlaps src3") != NULL, "message: %s", g_last_message);
 #undef PAGED
 }
+/* One share of a pool run: counts each ith it is called with. */
+typedef struct pool_probe {
+  atomic_int calls[4];
+} pool_probe;
+
+static void pool_probe_fn(void *arg, int ith, int nth) {
+  pool_probe *p = arg;
+  (void)nth;
+  atomic_fetch_add(&p->calls[ith], 1);
+}
+
+/* Fires when a pool run never returns: a lost worker is a hang, so the
+ * test reports it and exits instead of waiting for ctest's timeout. */
+static void pool_alarm(int sig) {
+  (void)sig;
+  static const char msg[] = "cpu: FAIL thread pool run did not return within 60 s (a worker "
+                            "missed a run)\n";
+  ssize_t w = write(2, msg, sizeof msg - 1);
+  (void)w;
+  _exit(1);
+}
+
+/* The pool's first run right after creation, before the workers may have
+ * started (they must still take part: a worker that read the generation
+ * counter only once running used to count that run as already seen and
+ * leave the caller waiting forever), then a few more; every ith of every
+ * run is called exactly once.  Many fresh pools of 2..4 threads. */
+static void test_pool_first_run(void) {
+  signal(SIGALRM, pool_alarm);
+  alarm(60);
+  int bad = 0;
+  for (int it = 0; it < 400; it++) {
+    const int n = 2 + it % 3;
+    velo_cpu_pool *pool;
+    velo_error err;
+    velo_error_init(&err);
+    if (velo_cpu_pool_create(n, &pool, &err) != VELO_OK) {
+      CHECK(0, "pool create: %s", err.message);
+      break;
+    }
+    for (int run = 0; run < 3; run++) {
+      pool_probe p;
+      for (int i = 0; i < 4; i++) atomic_init(&p.calls[i], 0);
+      velo_cpu_pool_run(pool, pool_probe_fn, &p, n);
+      for (int i = 0; i < 4; i++) bad += atomic_load(&p.calls[i]) != (i < n ? 1 : 0);
+    }
+    velo_cpu_pool_destroy(pool);
+  }
+  alarm(0);
+  CHECK(bad == 0, "thread pool: %d shares not called exactly once", bad);
+}
+
 int main(void) {
   check_rng_state = 0x0123456789abcdefull;
+  test_pool_first_run();
   B = velo_cpu_backend_iface();
   static const int threads[N_INST] = {1, 2, 3, 2, 2};
   for (int k = 0; k < N_INST; k++) {
