@@ -24,8 +24,8 @@
  *    product, the add) plus one accumulation per block, each relative to a
  *    value bounded by S = sum_i |w_i*xq_i| split into its scale and min
  *    parts, so |err| <= (nb + 4)*u*S' with S' = sum_i (|d*sc*q| +
- *    |dmin*m|)*|xq_i|.  Q2_K adds two terms per block (scales, then mins),
- *    2nb accumulations in all: |err| <= (2nb + 4)*u*S'.
+ *    |dmin*m|)*|xq_i|.  Q2_K, Q4_K and Q5_K add two terms per block (scales,
+ *    then mins), 2nb accumulations in all: |err| <= (2nb + 4)*u*S'.
  *  - dot against float64 on the float activations: the above plus the
  *    activation quantization error sum_i |w_i|*|d_x|/2 (+4u|x_i| each);
  *    for Q4_1/Q5_1 also |m|*2^-10*sum|x_q| per block, the error of
@@ -273,7 +273,10 @@ static void test_dot(velo_dtype wt) {
     else
       direct = velo_dot_q6_K_q8_K_ref((const velo_block_q6_K *)w, q, n);
     CHECK(memcmp(&got, &direct, sizeof got) == 0, "%s: dispatch differs", velo_dtype_name(wt));
-    const int n_acc = wt == VELO_DTYPE_Q2_K ? 2 * nb : nb; /* see the header */
+    /* two accumulations per block where mins are subtracted (see the header) */
+    const int n_acc = wt == VELO_DTYPE_Q2_K || wt == VELO_DTYPE_Q4_K || wt == VELO_DTYPE_Q5_K
+                          ? 2 * nb
+                          : nb;
     const double tol_q = (n_acc + 4) * U * s_q, tol_x = tol_q + qerr;
     const double eq = fabs((double)got - ref_q), ex = fabs((double)got - ref_x);
     CHECK(eq <= tol_q, "%s nb %d: dot %.9g, float64 on Q8_K activations %.9g (|err| %.3g > %.3g)",
