@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "cpu_backend.h"
@@ -290,18 +291,21 @@ int main(int argc, char **argv) {
         if (idx[k] >= 0 && idx[k] < 8) o.shape[idx[k]] = true;
     } else if (!strcmp(a, "-d")) {
       memset(o.dtype, 0, sizeof o.dtype);
-      o.dtype[VELO_DTYPE_Q4_0] = strstr(v, "q4_0") != NULL;
-      o.dtype[VELO_DTYPE_Q8_0] = strstr(v, "q8_0") != NULL;
-      o.dtype[VELO_DTYPE_F16] = strstr(v, "f16") != NULL;
-      o.dtype[VELO_DTYPE_F32] = strstr(v, "f32") != NULL;
-      o.dtype[VELO_DTYPE_Q4_K] = strstr(v, "q4_k") != NULL;
-      o.dtype[VELO_DTYPE_Q5_K] = strstr(v, "q5_k") != NULL;
-      o.dtype[VELO_DTYPE_Q6_K] = strstr(v, "q6_k") != NULL;
-      o.dtype[VELO_DTYPE_Q4_1] = strstr(v, "q4_1") != NULL;
-      o.dtype[VELO_DTYPE_Q5_1] = strstr(v, "q5_1") != NULL;
-      o.dtype[VELO_DTYPE_Q5_0] = strstr(v, "q5_0") != NULL;
-      o.dtype[VELO_DTYPE_BF16] = strstr(v, "bf16") != NULL;
-      o.dtype[VELO_DTYPE_Q8_K] = strstr(v, "q8_k") != NULL;
+      /* whole comma-separated names, case-insensitive ("bf16" is not "f16") */
+      char list[256];
+      snprintf(list, sizeof list, "%s", v);
+      for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok;
+           tok = strtok_r(NULL, ",", &save)) {
+        int found = -1;
+        for (int d = 0; d < VELO_DTYPE_COUNT && found < 0; d++)
+          if (velo_dtype_name(d) && !strcasecmp(tok, velo_dtype_name(d))) found = d;
+        if (found < 0) {
+          fprintf(stderr, "%s: -d: unknown dtype '%s' (e.g. q4_0,q8_0,f16,bf16,q4_k)\n", argv[0],
+                  tok);
+          return 2;
+        }
+        o.dtype[found] = true;
+      }
     } else if (!strcmp(a, "-v")) {
       memset(o.isa, 0, sizeof o.isa);
       o.isa[VELO_CPU_ISA_SCALAR] = strstr(v, "scalar") != NULL;
