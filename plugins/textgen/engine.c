@@ -250,6 +250,15 @@ static velo_status send_response(velo_model *m, seq *s, bool final, const char *
   return st;
 }
 
+/* True when all n logits are finite (one pass over the row: a few
+ * microseconds for a 32000-token vocabulary, against milliseconds for the
+ * forward pass that made it). */
+static bool logits_finite(const float *lg, int32_t n) {
+  for (int32_t i = 0; i < n; i++)
+    if (!isfinite(lg[i])) return false;
+  return true;
+}
+
 /* Ends s: flushes held text (unless a stop string ended it), sends the
  * final response, frees s and its blocks. */
 static void seq_finish(velo_model *m, seq *s, const char *finish_reason) {
@@ -590,6 +599,21 @@ static size_t engine_step(velo_model *m) {
     seq_register_full_blocks(m, s);
     if (s->out_row < 0) continue;
     const float *lg = m->logits + (size_t)s->out_row * (size_t)m->n_vocab;
+    if (!logits_finite(lg, m->n_vocab)) {
+      /* NaN or infinite weights (a corrupt file) or an overflow: never
+       * sample from them (greedy would pick token 0 and report success) */
+      char msg[256];
+      snprintf(msg, sizeof msg,
+               "model '%s' computed non-finite logits (NaN or infinity) at position %zu of this "
+               "request: its weights hold NaN or infinite values, or the computation "
+               "overflowed; the model file may be corrupt",
+               m->name, s->n_computed - 1);
+      m->host->log(VELO_LOG_ERROR, SRC, "%s", msg);
+      active_remove(m, s);
+      seq_fail(m, s, VELO_DATA_LOSS, msg);
+      n_ended++;
+      continue;
+    }
     int32_t id = velo_sampler_sample(s->sampler, lg, m->n_vocab);
     const char *reason;
     if (id < 0) {

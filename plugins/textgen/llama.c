@@ -3,6 +3,7 @@
  * as one backend graph per step.  See llama.h for the contract.
  */
 #include "llama.h"
+#include "weight_check.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -255,6 +256,13 @@ static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, in
   int want_dims = ne1 ? 2 : 1;
   bool shape_ok = ti.ne[0] == ne0 && (ne1 ? ti.ne[1] == ne1 : ti.ne[1] == 1) && ti.ne[2] == 1 &&
                   ti.ne[3] == 1 && ti.n_dims <= want_dims;
+  if (!shape_ok && ti.n_dims > want_dims)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "%s: tensor '%s' has %u dimensions [%lld, %lld, %lld, %lld], expected %d: "
+                          "[%lld, %lld]",
+                          path, name, (unsigned)ti.n_dims, (long long)ti.ne[0], (long long)ti.ne[1],
+                          (long long)ti.ne[2], (long long)ti.ne[3], want_dims, (long long)ne0,
+                          (long long)(ne1 ? ne1 : 1));
   if (!shape_ok)
     return velo_error_set(err, VELO_INVALID_ARGUMENT,
                           "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
@@ -274,9 +282,22 @@ static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, in
     char can[256];
     supported_types(m, t, can, sizeof can);
     return velo_error_set(err, VELO_UNIMPLEMENTED,
-                          "%s: tensor '%s' has type %s, which the backend cannot multiply (it can: %s)",
+                          "%s: tensor '%s' has type %s, which the backend cannot compute with (it "
+                          "takes: %s)",
                           path, name, tname ? tname : "unknown", can);
   }
+  /* NaN or infinite weights (a corrupt file) would be served as garbage */
+  int64_t bad = 0;
+  bool is_block = false;
+  if (weight_find_nonfinite(ti.dtype, ti.data, ne[0], ne[1], &bad, &is_block) ==
+      WEIGHT_NONFINITE)
+    return velo_error_set(err, VELO_DATA_LOSS,
+                          "%s: tensor '%s' (%s) holds a NaN or infinite value in %s %lld (row "
+                          "%lld): the file is corrupt",
+                          path, name, tname ? tname : "unknown",
+                          is_block ? "the scale of quantization block" : "element", (long long)bad,
+                          (long long)(is_block ? bad / (ne[0] / velo_dtype_block_size(ti.dtype))
+                                               : bad / ne[0]));
   velo_buffer *b = NULL;
   if (m->be->buffer_wrap_host) {
     st = m->be->buffer_wrap_host(m->inst, ti.data, ti.size, &b, err);

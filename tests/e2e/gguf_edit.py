@@ -86,3 +86,37 @@ def set_bool_key(src, dst, key, value):
     with open(dst, "wb") as f:
         f.write(head)
         f.write(buf[data_start:])
+
+
+def tensor_span(path, name):
+    """Where tensor `name`'s data lies in the GGUF file at path: returns
+    (absolute byte offset, ggml type id, [ne0, ne1, ...]).  Raises KeyError
+    when there is no such tensor."""
+    buf = open(path, "rb").read()
+    if buf[:4] != b"GGUF":
+        raise ValueError("%s: not a GGUF file" % path)
+    r = _Reader(buf)
+    r.pos = 4
+    version, n_tensors, n_kv = r.take("I"), r.take("Q"), r.take("Q")
+    if version != 3:
+        raise ValueError("%s: GGUF version %d, expected 3" % (path, version))
+    alignment = DEFAULT_ALIGNMENT
+    for _ in range(n_kv):
+        k = r.string()
+        t = r.take("I")
+        vstart = r.pos
+        r.skip_value(t)
+        if k == "general.alignment" and t == T_UINT32:
+            alignment = struct.unpack_from("<I", buf, vstart)[0]
+    found = None
+    for _ in range(n_tensors):
+        tname = r.string()
+        n_dims = r.take("I")
+        ne = [r.take("Q") for _ in range(n_dims)]
+        ttype, rel = r.take("I"), r.take("Q")
+        if tname == name:
+            found = (rel, ttype, ne)
+    if found is None:
+        raise KeyError("%s: no tensor %r" % (path, name))
+    data_start = (r.pos + alignment - 1) // alignment * alignment
+    return data_start + found[0], found[1], found[2]
