@@ -274,6 +274,26 @@ fail_at(gguf_parser *p, uint64_t off, const char *fmt, ...) {
                         p->path_msg, p->where, p->where[0] ? ": " : "", what, off);
 }
 
+/* The name of a ggml tensor type id that Velo has no velo_dtype for (so it
+ * cannot even lay the tensor out), or NULL for an id ggml never assigned:
+ * the first is a file Velo does not support, the second a corrupt one.
+ * Ids from ggml's type enum (31-33 and 36-38 were repacked layouts that
+ * ggml has since removed from files). */
+static const char *ggml_only_type_name(uint32_t id) {
+  switch (id) {
+    case 31: return "Q4_0_4_4";
+    case 32: return "Q4_0_4_8";
+    case 33: return "Q4_0_8_8";
+    case 34: return "TQ1_0";
+    case 35: return "TQ2_0";
+    case 36: return "IQ4_NL_4_4";
+    case 37: return "IQ4_NL_4_8";
+    case 38: return "IQ4_NL_8_8";
+    case 39: return "MXFP4";
+    default: return NULL;
+  }
+}
+
 /* Out of memory during open: RESOURCE_EXHAUSTED. */
 static velo_status fail_oom(gguf_parser *p, const char *what) {
   return velo_error_set(p->err, VELO_RESOURCE_EXHAUSTED, "gguf: %s: out of memory for %s",
@@ -511,7 +531,14 @@ static velo_status parse_tensor_info(gguf_parser *p, int64_t i) {
   off = p->pos;
   if ((st = read_u32(p, &dtype, "tensor type")) != VELO_OK) return st;
   blk = velo_dtype_block_size((int)dtype);
-  if (blk <= 0) return fail_at(p, off, "unknown tensor type %u", dtype);
+  if (blk <= 0) {
+    const char *ggml = ggml_only_type_name(dtype);
+    if (ggml)
+      return velo_error_set(p->err, VELO_UNIMPLEMENTED,
+                            "gguf: %s: %s: tensor type %u (ggml's %s) is not supported by Velo",
+                            p->path_msg, p->where, dtype, ggml);
+    return fail_at(p, off, "unknown tensor type %u", dtype);
+  }
   if (t->ne[0] % blk != 0)
     return fail_at(p, off,
                    "row length ne[0] = %" PRId64 " is not a multiple of the %s block size %" PRId64,

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "size.h"
@@ -524,6 +525,13 @@ static velo_status load_impl(velo_registry *r, const velo_model_spec *spec, bool
     return st;
   }
 
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  if (spec->n_threads > 0 && online > 0 && spec->n_threads > online)
+    velo_log(VELO_LOG_WARN, SRC,
+             "model '%s': %d compute threads on %ld online CPUs: the threads will take turns on "
+             "the cores and every step will be slower; use at most %ld (--threads, or threads in "
+             "config.json)",
+             e->pub.name, (int)spec->n_threads, online, online);
   velo_backend_options bo = {.struct_size = sizeof bo, .device = device, .n_threads = spec->n_threads};
   st = e->backend->open(&bo, &e->backend_instance, err);
   if (st != VELO_OK) e->backend_instance = NULL;

@@ -1049,6 +1049,24 @@ static void test_corruptions(void) {
   expect_corrupt(&w, "unknown tensor type 99", NULL, "type 99");
   ne[0] = 32, gw_tensor_raw(&w, "t", 1, ne, 4, 0);
   expect_corrupt(&w, "unknown tensor type 4", NULL, "removed type 4 (Q4_2)");
+  /* ggml types Velo has no dtype for: named, and UNIMPLEMENTED, not corruption */
+  static const struct { uint32_t id; const char *name; } ggml_only[] = {
+      {34, "TQ1_0"}, {35, "TQ2_0"}, {39, "MXFP4"}, {31, "Q4_0_4_4"}};
+  for (size_t k = 0; k < sizeof ggml_only / sizeof ggml_only[0]; k++) {
+    char want[64];
+    snprintf(want, sizeof want, "tensor type %u (ggml's %s) is not supported by Velo",
+             ggml_only[k].id, ggml_only[k].name);
+    ne[0] = 256, gw_tensor_raw(&w, "t", 1, ne, ggml_only[k].id, 0);
+    gw_finish(&w, &b);
+    velo_gguf *gt = NULL;
+    velo_error et;
+    velo_status st = open_bytes(b.p, b.n, &gt, &et);
+    check_err(st, &et, VELO_UNIMPLEMENTED, want, "tensor info 0", NULL, ggml_only[k].name);
+    if (gt) api->close(gt);
+    wb_free(&b);
+    gw_free(&w);
+    gw_init(&w);
+  }
   ne[0] = 48, ne[1] = 2, gw_tensor_raw(&w, "t", 2, ne, VELO_DTYPE_Q4_0, 0);
   expect_corrupt(&w, "ne[0] = 48 is not a multiple of the Q4_0 block size 32", NULL, "Q4_0 row 48");
   add_ok_tensor(&w, "a");
