@@ -92,7 +92,8 @@ static velo_status cpu_device_info(int32_t index, velo_device_info *out, velo_er
   if (!proc_field("/proc/cpuinfo", "model name", model, sizeof model))
     snprintf(model, sizeof model, "CPU");
   int n = online_cpus();
-  snprintf(out->name, sizeof out->name, "%.100s (%d thread%s)", model, n, n == 1 ? "" : "s");
+  /* the hardware threads, not an instance's pool size (device_info has no instance) */
+  snprintf(out->name, sizeof out->name, "%.100s (%d online CPU%s)", model, n, n == 1 ? "" : "s");
   const velo_cpu_vec *vec;
   if (choose_vec(&vec, NULL) != VELO_OK) vec = velo_cpu_vec_best();
   static const char *const isa_detail[] = {

@@ -94,7 +94,7 @@ static void test_devices(const velo_backend_iface *B) {
   velo_error err;
   velo_error_init(&err);
   CHECK(B->device_info(0, &info, &err) == VELO_OK, "device_info: %s", err.message);
-  CHECK(info.name[0] && strstr(info.name, "thread"), "name \"%s\"", info.name);
+  CHECK(info.name[0] && strstr(info.name, "online CPU"), "name \"%s\"", info.name);
   CHECK(info.description[0], "description");
   CHECK(info.memory_total > 0 && info.memory_free > 0 && info.memory_free <= info.memory_total,
         "memory %llu / %llu", (unsigned long long)info.memory_free,

@@ -148,7 +148,7 @@ typedef struct velo_graph {
 /* A device as the backend reports it. */
 typedef struct velo_device_info {
   uint32_t struct_size;   /* set by the caller */
-  char name[128];         /* e.g. "AMD EPYC 7B13 (2 threads)" */
+  char name[128];         /* e.g. "AMD EPYC 7B13 (2 online CPUs)" */
   char description[256];  /* capability details: ISA variant, CC, ... */
   uint64_t memory_total;  /* bytes; 0 if unknown */
   uint64_t memory_free;   /* bytes; 0 if unknown */
