@@ -269,31 +269,6 @@ VELO_AVX2 static VELO_INLINE void tile(const int f, const char *w, size_t rs, co
   for (int o = 0; o < n; o++) dst[o % C][off + (o / C) * ro] = out[o];
 }
 
-/* All columns for one tile of R rows: R x CMAX column tiles, then one of
- * R x the rest. */
-VELO_AVX2 static VELO_INLINE void rows_tile(const int f, const char *w, size_t rs,
-                                            const char *cols, size_t cs, int64_t nc, int64_t K,
-                                            float *const *dst, int64_t off, int64_t ro,
-                                            const int R, const int CMAX) {
-  int64_t c = 0;
-  for (; c + CMAX <= nc; c += CMAX) tile(f, w, rs, cols + c * cs, cs, K, dst + c, off, ro, R, CMAX);
-  const char *cc = cols + c * cs;
-  float *const *dc = dst + c;
-  switch (nc - c) {
-    case 3:
-      tile(f, w, rs, cc, cs, K, dc, off, ro, R, 3);
-      break;
-    case 2:
-      tile(f, w, rs, cc, cs, K, dc, off, ro, R, 2);
-      break;
-    case 1:
-      tile(f, w, rs, cc, cs, K, dc, off, ro, R, 1);
-      break;
-    default:
-      break;
-  }
-}
-
 /* Tile shapes: decode (one column) takes 4 rows at a time; more columns
  * take PF_R rows x PF_C columns: 2 x 4 measured fastest at 8 and 64
  * columns (against 4 x 2, 2 x 2, 1 x 4, 4 x 4 and 3 x 2: 16 ymm registers;
@@ -304,67 +279,9 @@ VELO_AVX2 static VELO_INLINE void rows_tile(const int f, const char *w, size_t r
 #ifndef PF_C
 #define PF_C 4
 #endif
-_Static_assert(PF_R >= 1 && PF_R <= MAX_R && PF_C >= 1 && PF_C <= MAX_C, "tile shape");
-
-/* mul_mat_act for one format in tiles of R rows x CMAX columns.  The rows
- * are cut into R equal runs (and nr % R single rows at the end); tile i
- * takes row i of each run, so the weights are read as R long sequential
- * streams, which the prefetchers follow (see vec_avx512.c). */
-VELO_AVX2 static VELO_INLINE void mul_mat_rc(const int f, const char *w, size_t ws, int64_t nr,
-                                          const char *cols, size_t cs, int64_t nc, int64_t K,
-                                          float *const *dst, int64_t off, const int R,
-                                          const int CMAX) {
-  const int64_t q = nr / R;
-  for (int64_t i = 0; i < q; i++)
-    rows_tile(f, w + i * ws, q * ws, cols, cs, nc, K, dst, off + i, q, R, CMAX);
-  for (int64_t r = R * q; r < nr; r++)
-    rows_tile(f, w + r * ws, ws, cols, cs, nc, K, dst, off + r, 1, 1, CMAX);
-}
-
-/* mul_mat_act for one format: the decode or the prefill tiling. */
-VELO_AVX2 static VELO_INLINE void mul_mat_f(const int f, const char *w, size_t ws, int64_t nr,
-                                          const char *cols, size_t cs, int64_t nc, int64_t K,
-                                          float *const *dst, int64_t off) {
-  if (nc == 1)
-    mul_mat_rc(f, w, ws, nr, cols, cs, nc, K, dst, off, 4, 1);
-  else
-    mul_mat_rc(f, w, ws, nr, cols, cs, nc, K, dst, off, PF_R, PF_C);
-}
-
-VELO_AVX2 static void mul_mat_q4(const char *w, size_t ws, int64_t nr, const char *cols,
-                                 size_t cs, int64_t nc, int64_t K, float *const *dst,
-                                 int64_t off) {
-  mul_mat_f(F_Q4, w, ws, nr, cols, cs, nc, K, dst, off);
-}
-
-VELO_AVX2 static void mul_mat_q5(const char *w, size_t ws, int64_t nr, const char *cols,
-                                 size_t cs, int64_t nc, int64_t K, float *const *dst,
-                                 int64_t off) {
-  mul_mat_f(F_Q5, w, ws, nr, cols, cs, nc, K, dst, off);
-}
-
-VELO_AVX2 static void mul_mat_q6(const char *w, size_t ws, int64_t nr, const char *cols,
-                                 size_t cs, int64_t nc, int64_t K, float *const *dst,
-                                 int64_t off) {
-  mul_mat_f(F_Q6, w, ws, nr, cols, cs, nc, K, dst, off);
-}
-
-/* See act_simd.h. */
-bool velo_mul_mat_kq_avx2(VELO_ACT_MM_ARGS) {
-  switch (wt) {
-    case VELO_DTYPE_Q4_K:
-      mul_mat_q4(w, w_stride, nr, cols, col_stride, nc, K, dst, off);
-      return true;
-    case VELO_DTYPE_Q5_K:
-      mul_mat_q5(w, w_stride, nr, cols, col_stride, nc, K, dst, off);
-      return true;
-    case VELO_DTYPE_Q6_K:
-      mul_mat_q6(w, w_stride, nr, cols, col_stride, nc, K, dst, off);
-      return true;
-    default:
-      return false;
-  }
-}
+#define KQ_TARGET VELO_AVX2
+#define KQ_ENTRY velo_mul_mat_kq_avx2
+#include "kq_tiles.h"
 
 #else /* not x86-64 GCC/Clang: no kernels, the table is never handed out */
 
