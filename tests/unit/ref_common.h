@@ -65,6 +65,76 @@ static int argmax(const float *x, int n) {
   return best;
 }
 
+/* Prefills the n prompt tokens toks into kv from position 0 in chunks of
+ * the model's max batch; logits get the last token's row. */
+static void ref_prefill(llama_model *lm, llama_kv *kv, const int32_t *toks, int n, float *logits) {
+  const int B = llama_model_max_batch(lm);
+  velo_error err;
+  velo_error_init(&err);
+  for (int pos = 0; pos < n;) {
+    const int c = n - pos < B ? n - pos : B;
+    velo_status st = llama_forward(lm, kv, toks + pos, c, pos, logits, &err);
+    CHECK(st == VELO_OK, "forward: %s", err.message);
+    pos += c;
+  }
+}
+
+/* max_i |x[i] - ref[i]| over n values. */
+static double ref_max_diff(const float *x, const double *ref, int n) {
+  double worst = 0;
+  for (int i = 0; i < n; i++) {
+    const double d = fabs((double)x[i] - ref[i]);
+    if (d > worst) worst = d;
+  }
+  return worst;
+}
+
+/* The reference README's near-tie rule: greedy ids are compared up to the
+ * first step whose reference top1 - top2 gap is below 0.05. */
+static int ref_near_tie_limit(const record *gap, int n_steps) {
+  for (int s = 0; s < gap->n && s < n_steps; s++)
+    if (gap->v[s] < 0.05) return s;
+  return n_steps;
+}
+
+/* Greedy decoding after ref_prefill of n_prompt tokens (logits holds the
+ * last prompt token's row): n_steps steps, the id of step s checked
+ * against ref_ids->v[s] for s < limit.  Returns the ids that matched. */
+static int ref_greedy(llama_model *lm, llama_kv *kv, float *logits, int n_prompt, int n_steps,
+                      int limit, const record *ref_ids, const char *label, int p) {
+  const int n_vocab = (int)llama_model_hparams(lm)->n_vocab;
+  velo_error err;
+  velo_error_init(&err);
+  int matched = 0, pos = n_prompt;
+  for (int s = 0; s < n_steps; s++) {
+    int32_t id = argmax(logits, n_vocab);
+    if (s < limit) {
+      CHECK(id == (int)ref_ids->v[s], "%s prompt %d step %d: id %d, llama.cpp %d", label, p, s,
+            id, (int)ref_ids->v[s]);
+      if (id == (int)ref_ids->v[s]) matched++;
+    }
+    if (s + 1 < n_steps) {
+      velo_status st = llama_forward(lm, kv, &id, 1, pos++, logits, &err);
+      CHECK(st == VELO_OK, "decode: %s", err.message);
+    }
+  }
+  return matched;
+}
+
+/* Opens the CPU backend with 2 threads for a reference test; exits with
+ * status 1 if it cannot. */
+static velo_backend_instance *ref_open_cpu(void) {
+  velo_backend_options bo = {.struct_size = sizeof bo, .device = 0, .n_threads = 2};
+  velo_backend_instance *inst = NULL;
+  velo_error err;
+  velo_error_init(&err);
+  if (velo_cpu_iface.open(&bo, &inst, &err) != VELO_OK) {
+    fprintf(stderr, "cpu open: %s\n", err.message);
+    exit(1);
+  }
+  return inst;
+}
+
 /* Batch invariance and paging: every prompt's first STEPS greedy steps,
  * run alone through llama_forward (contiguous cache, prefill in chunks of
  * the model's max batch) and then all prompts together through

@@ -57,7 +57,6 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
   if (st != VELO_OK) return;
   llama_model *lm = textgen_model_llama(model);
   int n_vocab = (int)llama_model_hparams(lm)->n_vocab;
-  int B = llama_model_max_batch(lm);
   float *logits = malloc((size_t)n_vocab * sizeof(float));
   for (int p = 0;; p++) {
     const record *pr = find(p, "prompt_ids");
@@ -76,19 +75,9 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
     CHECK(llama_kv_create(lm, 256, &kv, &err) == VELO_OK, "kv: %s", err.message);
     int32_t toks[256];
     for (int i = 0; i < pr->n; i++) toks[i] = (int32_t)pr->v[i];
-    int pos = 0;
-    while (pos < pr->n) {
-      int n = pr->n - pos < B ? pr->n - pos : B;
-      st = llama_forward(lm, kv, toks + pos, n, pos, logits, &err);
-      CHECK(st == VELO_OK, "forward: %s", err.message);
-      pos += n;
-    }
+    ref_prefill(lm, kv, toks, pr->n, logits);
     const double tol = 0.02;
-    double worst = 0;
-    for (int i = 0; i < n_vocab && i < ref_logits->n; i++) {
-      double d = fabs((double)logits[i] - ref_logits->v[i]);
-      if (d > worst) worst = d;
-    }
+    const double worst = ref_max_diff(logits, ref_logits->v, n_vocab);
     /* K-quant files: every prompt within tol.  F16/Q8_0/Q4_0 files: past
      * tol only when flip_evidence proves one activation rounding flip (see
      * the top), and the emulation it relies on is llama.cpp here (its
@@ -118,24 +107,8 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
     } else
       CHECK(worst <= tol, "%s prompt %d: first-step logits differ by %.3g (tolerance %g)", type,
             p, worst, tol);
-    int limit = ref_ids->n;
-    for (int s = 0; s < gap->n; s++)
-      if (gap->v[s] < 0.05) {
-        limit = s;
-        break;
-      }
-    int matched = 0;
-    for (int s = 0; s < limit; s++) {
-      int id = argmax(logits, n_vocab);
-      CHECK(id == (int)ref_ids->v[s], "%s prompt %d step %d: id %d, llama.cpp %d", type, p, s, id,
-            (int)ref_ids->v[s]);
-      if (id == (int)ref_ids->v[s]) matched++;
-      int32_t t = id;
-      if (s + 1 < limit) {
-        st = llama_forward(lm, kv, &t, 1, pos++, logits, &err);
-        CHECK(st == VELO_OK, "decode: %s", err.message);
-      }
-    }
+    const int limit = ref_near_tie_limit(gap, ref_ids->n);
+    const int matched = ref_greedy(lm, kv, logits, pr->n, limit, limit, ref_ids, type, p);
     printf("%s prompt %d: max |logit - llama.cpp| = %.3g (tolerance %g); %d/%d greedy ids equal "
            "(compared up to step %d of %d)\n",
            type, p, worst, tol, matched, limit, limit, ref_ids->n);
@@ -153,14 +126,7 @@ int main(int argc, char **argv) {
   read_fixture(argv[2]);
   velo_host host;
   velo_host_table_init(&host, NULL, NULL);
-  velo_backend_options bo = {.struct_size = sizeof bo, .device = 0, .n_threads = 2};
-  velo_backend_instance *inst = NULL;
-  velo_error err;
-  velo_error_init(&err);
-  if (velo_cpu_iface.open(&bo, &inst, &err) != VELO_OK) {
-    fprintf(stderr, "cpu open: %s\n", err.message);
-    return 1;
-  }
+  velo_backend_instance *inst = ref_open_cpu();
   static const char *const types[] = {"F16", "Q8_0", "Q6_K", "Q5_K", "Q4_K_M", "Q4_K", "Q4_0"};
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
     run_model(&host, inst, argv[1], types[i]);

@@ -61,7 +61,6 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
   if (st != VELO_OK) return;
   llama_model *lm = textgen_model_llama(model);
   int n_vocab = (int)llama_model_hparams(lm)->n_vocab;
-  int B = llama_model_max_batch(lm);
   float *logits = malloc((size_t)n_vocab * sizeof(float));
   bool is_f32 = strcmp(key, "f32") == 0;
   char fld[64];
@@ -80,18 +79,9 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
     CHECK(llama_kv_create(lm, 256, &kv, &err) == VELO_OK, "kv: %s", err.message);
     int32_t toks[256];
     for (int i = 0; i < pr->n; i++) toks[i] = (int32_t)pr->v[i];
-    int pos = 0;
-    while (pos < pr->n) {
-      int n = pr->n - pos < B ? pr->n - pos : B;
-      st = llama_forward(lm, kv, toks + pos, n, pos, logits, &err);
-      CHECK(st == VELO_OK, "forward: %s", err.message);
-      pos += n;
-    }
-    double tol = is_f32 ? 1e-4 : 0.02, worst = 0;
-    for (int i = 0; i < n_vocab; i++) {
-      double d = fabs((double)logits[i] - ref_logits->v[i]);
-      if (d > worst) worst = d;
-    }
+    ref_prefill(lm, kv, toks, pr->n, logits);
+    const double tol = is_f32 ? 1e-4 : 0.02;
+    const double worst = ref_max_diff(logits, ref_logits->v, n_vocab);
     if (is_f32)
       CHECK(worst <= tol, "%s prompt %d: first-step logits differ by %.3g (tolerance %g)", key, p,
             worst, tol);
@@ -107,11 +97,7 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
                worst, tol, why);
     }
     if (!is_f32) {
-      double worst_f16kv = 0;
-      for (int i = 0; i < n_vocab; i++) {
-        double d = fabs((double)logits[i] - llama_logits->v[i]);
-        if (d > worst_f16kv) worst_f16kv = d;
-      }
+      const double worst_f16kv = ref_max_diff(logits, llama_logits->v, n_vocab);
       CHECK(worst_f16kv <= 0.3, "%s prompt %d: logits differ from llama.cpp's (F16 KV) by %.3g (tolerance 0.3)",
             key, p, worst_f16kv);
       printf("%s prompt %d: max |logit - llama.cpp F16-KV| = %.3g (tolerance 0.3)\n", key, p, worst_f16kv);
@@ -120,27 +106,9 @@ static void run_model(const velo_host *host, velo_backend_instance *inst, const 
     printf("%s prompt %d: max |logit - llama.cpp| = %.3g (tolerance %g); top id %d logit %.6f\n",
            key, p, worst, tol, top, logits[top]);
     /* Greedy ids. */
-    int limit = ref_ids->n;
-    if (!is_f32)
-      for (int s = 0; s < gap->n; s++)
-        if (gap->v[s] < 0.05) {
-          limit = s;
-          break;
-        }
-    int matched = 0;
-    for (int s = 0; s < ref_ids->n; s++) {
-      int id = argmax(logits, n_vocab);
-      if (s < limit) {
-        CHECK(id == (int)ref_ids->v[s], "%s prompt %d step %d: id %d, llama.cpp %d", key, p, s, id,
-              (int)ref_ids->v[s]);
-        if (id == (int)ref_ids->v[s]) matched++;
-      }
-      int32_t t = id;
-      if (s + 1 < ref_ids->n) {
-        st = llama_forward(lm, kv, &t, 1, pos++, logits, &err);
-        CHECK(st == VELO_OK, "decode: %s", err.message);
-      }
-    }
+    const int limit = is_f32 ? ref_ids->n : ref_near_tie_limit(gap, ref_ids->n);
+    const int matched =
+        ref_greedy(lm, kv, logits, pr->n, ref_ids->n, limit, ref_ids, key, p);
     printf("%s prompt %d: %d/%d greedy ids equal (compared up to step %d)\n", key, p, matched,
            ref_ids->n, limit);
     llama_kv_free(kv);
@@ -157,14 +125,7 @@ int main(int argc, char **argv) {
   read_fixture(argv[2]);
   velo_host host;
   velo_host_table_init(&host, NULL, NULL);
-  velo_backend_options bo = {.struct_size = sizeof bo, .device = 0, .n_threads = 2};
-  velo_backend_instance *inst = NULL;
-  velo_error err;
-  velo_error_init(&err);
-  if (velo_cpu_iface.open(&bo, &inst, &err) != VELO_OK) {
-    fprintf(stderr, "cpu open: %s\n", err.message);
-    return 1;
-  }
+  velo_backend_instance *inst = ref_open_cpu();
   run_model(&host, inst, argv[1], "stories260K.gguf", "f32");
   run_model(&host, inst, argv[1], "stories260K-q8_0.gguf", "q8_0");
   run_batched(&host, inst, argv[1], "stories260K.gguf");
