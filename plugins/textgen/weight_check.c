@@ -1,35 +1,13 @@
 /*
- * weight_check.c - the non-finite weight scan of weight_check.h.  One table
- * says where each block format keeps its float scale fields (byte offsets
- * in the block, fp16 or f32), from the GGUF / ggml block layouts; plain
- * float tensors are checked element by element.  Only exponent bits are
+ * weight_check.c - the non-finite weight scan of weight_check.h.  Where a
+ * block format keeps its float scale fields comes from
+ * velo_dtype_scale_fields (velo/tensor.h); plain float tensors are checked
+ * element by element.  Only exponent bits are
  * looked at, so no float arithmetic is involved.
  */
 #include "weight_check.h"
 
 #include <string.h>
-
-/* Where a block format keeps its float scales. */
-typedef struct scale_fields {
-  velo_dtype dt;
-  int n;          /* scale fields per block (1 or 2) */
-  int off[2];     /* byte offsets in the block */
-  bool f32;       /* f32 fields (Q8_K) rather than fp16 */
-} scale_fields;
-
-static const scale_fields k_blocks[] = {
-    {VELO_DTYPE_Q4_0, 1, {0, 0}, false},    /* d, qs[16] */
-    {VELO_DTYPE_Q4_1, 2, {0, 2}, false},    /* d, m, qs[16] */
-    {VELO_DTYPE_Q5_0, 1, {0, 0}, false},    /* d, qh[4], qs[16] */
-    {VELO_DTYPE_Q5_1, 2, {0, 2}, false},    /* d, m, qh[4], qs[16] */
-    {VELO_DTYPE_Q8_0, 1, {0, 0}, false},    /* d, qs[32] */
-    {VELO_DTYPE_Q2_K, 2, {80, 82}, false},  /* scales[16], qs[64], d, dmin */
-    {VELO_DTYPE_Q3_K, 1, {108, 0}, false},  /* hmask[32], qs[64], scales[12], d */
-    {VELO_DTYPE_Q4_K, 2, {0, 2}, false},    /* d, dmin, scales[12], qs[128] */
-    {VELO_DTYPE_Q5_K, 2, {0, 2}, false},    /* d, dmin, scales[12], qh[32], qs[128] */
-    {VELO_DTYPE_Q6_K, 1, {208, 0}, false},  /* ql[128], qh[64], scales[16], d */
-    {VELO_DTYPE_Q8_K, 1, {0, 0}, true},     /* d (f32), qs[256], bsums[16] */
-};
 
 static inline bool fp16_nonfinite(const unsigned char *p) {
   uint16_t h;
@@ -74,16 +52,15 @@ weight_check weight_find_nonfinite(velo_dtype dt, const void *data, int64_t n_co
     default:
       break;
   }
-  for (size_t k = 0; k < sizeof k_blocks / sizeof k_blocks[0]; k++) {
-    const scale_fields *f = &k_blocks[k];
-    if (f->dt != dt) continue;
-    for (int64_t b = 0; b < n_units; b++) {
-      const unsigned char *blkp = p + (size_t)b * bb;
-      for (int j = 0; j < f->n; j++)
-        if (f->f32 ? f32_nonfinite(blkp + f->off[j]) : fp16_nonfinite(blkp + f->off[j]))
-          return *where = b, WEIGHT_NONFINITE;
-    }
-    return WEIGHT_FINITE;
+  int off[2];
+  bool f32;
+  const int n_fields = velo_dtype_scale_fields(dt, off, &f32);
+  if (n_fields <= 0) return WEIGHT_UNCHECKED;
+  for (int64_t b = 0; b < n_units; b++) {
+    const unsigned char *blkp = p + (size_t)b * bb;
+    for (int j = 0; j < n_fields; j++)
+      if (f32 ? f32_nonfinite(blkp + off[j]) : fp16_nonfinite(blkp + off[j]))
+        return *where = b, WEIGHT_NONFINITE;
   }
-  return WEIGHT_UNCHECKED;
+  return WEIGHT_FINITE;
 }

@@ -503,46 +503,65 @@ static void test_bf16(void) {
 
 /* Sets the float scale fields of one random weight block of dtype wt to
  * random finite values in [1e-3, 2e-2) (random bytes there could be NaN or
- * infinite, whose bits need not survive every ISA alike).  Returns false
- * for a dtype whose scale fields this test does not know: add them here
- * when a format is added. */
+ * infinite, whose bits need not survive every ISA alike), at the offsets
+ * velo_dtype_scale_fields gives; a BF16 "block" is one element, set to a
+ * random finite value.  Returns false for a dtype velo_dtype_scale_fields
+ * does not describe: describe it there when a format is added. */
 static bool sanitize_block(velo_dtype wt, char *blk) {
-  const uint16_t d = velo_fp32_to_fp16((float)rnd_unit(1e-3, 2e-2));
-  const uint16_t m = velo_fp32_to_fp16((float)rnd_unit(1e-3, 2e-2));
-  switch (wt) {
-    case VELO_DTYPE_Q4_K:
-    case VELO_DTYPE_Q5_K:
-    case VELO_DTYPE_Q4_1:
-    case VELO_DTYPE_Q5_1:
-      memcpy(blk, &d, 2);
-      memcpy(blk + 2, &m, 2);
-      return true;
-    case VELO_DTYPE_Q5_0:
-      memcpy(blk, &d, 2);
-      return true;
-    case VELO_DTYPE_Q6_K:
-      memcpy(blk + offsetof(velo_block_q6_K, d), &d, 2);
-      return true;
-    case VELO_DTYPE_Q2_K: /* scales[16], qs[64], d, dmin */
-      memcpy(blk + 80, &d, 2);
-      memcpy(blk + 82, &m, 2);
-      return true;
-    case VELO_DTYPE_Q3_K: /* hmask[32], qs[64], scales[12], d */
-      memcpy(blk + 108, &d, 2);
-      return true;
-    case VELO_DTYPE_Q8_K: {
-      const float f = (float)rnd_unit(1e-3, 2e-2);
-      memcpy(blk, &f, 4);
-      return true;
-    }
-    case VELO_DTYPE_BF16: {
-      const uint16_t b = velo_fp32_to_bf16((float)rnd_unit(-1, 1));
-      memcpy(blk, &b, 2);
-      return true;
-    }
-    default:
-      return false;
+  if (wt == VELO_DTYPE_BF16) { /* a plain type: the element itself */
+    const uint16_t b = velo_fp32_to_bf16((float)rnd_unit(-1, 1));
+    memcpy(blk, &b, 2);
+    return true;
   }
+  int off[2];
+  bool f32;
+  const int n = velo_dtype_scale_fields(wt, off, &f32);
+  for (int j = 0; j < n; j++) {
+    const float v = (float)rnd_unit(1e-3, 2e-2);
+    const uint16_t h = velo_fp32_to_fp16(v);
+    if (f32)
+      memcpy(blk + off[j], &v, 4);
+    else
+      memcpy(blk + off[j], &h, 2);
+  }
+  return n > 0;
+}
+
+/* velo_dtype_scale_fields (velo/tensor.h, also used by the text plugin's
+ * non-finite weight check) against the block structs of cpu_kernels.h. */
+static void test_scale_fields(void) {
+  static const struct {
+    velo_dtype dt;
+    int n, off0, off1;
+    bool f32;
+  } want[] = {
+      {VELO_DTYPE_Q8_0, 1, offsetof(velo_block_q8_0, d), 0, false},
+      {VELO_DTYPE_Q4_0, 1, offsetof(velo_block_q4_0, d), 0, false},
+      {VELO_DTYPE_Q4_1, 2, offsetof(velo_block_q4_1, d), offsetof(velo_block_q4_1, m), false},
+      {VELO_DTYPE_Q5_0, 1, offsetof(velo_block_q5_0, d), 0, false},
+      {VELO_DTYPE_Q5_1, 2, offsetof(velo_block_q5_1, d), offsetof(velo_block_q5_1, m), false},
+      {VELO_DTYPE_Q8_1, 2, offsetof(velo_block_q8_1, d), offsetof(velo_block_q8_1, s), false},
+      {VELO_DTYPE_Q2_K, 2, offsetof(velo_block_q2_K, d), offsetof(velo_block_q2_K, dmin), false},
+      {VELO_DTYPE_Q3_K, 1, offsetof(velo_block_q3_K, d), 0, false},
+      {VELO_DTYPE_Q4_K, 2, offsetof(velo_block_q4_K, d), offsetof(velo_block_q4_K, dmin), false},
+      {VELO_DTYPE_Q5_K, 2, offsetof(velo_block_q5_K, d), offsetof(velo_block_q5_K, dmin), false},
+      {VELO_DTYPE_Q6_K, 1, offsetof(velo_block_q6_K, d), 0, false},
+      {VELO_DTYPE_Q8_K, 1, offsetof(velo_block_q8_K, d), 0, true},
+  };
+  for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+    int off[2];
+    bool f32;
+    const int n = velo_dtype_scale_fields(want[k].dt, off, &f32);
+    CHECK(n == want[k].n && off[0] == want[k].off0 && (n < 2 || off[1] == want[k].off1) &&
+              f32 == want[k].f32,
+          "%s: scale fields n %d at %d, %d (f32 %d), struct says %d at %d, %d",
+          velo_dtype_name(want[k].dt), n, off[0], off[1], f32, want[k].n, want[k].off0,
+          want[k].off1);
+  }
+  int off[2];
+  bool f32;
+  CHECK(velo_dtype_scale_fields(VELO_DTYPE_F16, off, &f32) == 0, "F16 is plain");
+  CHECK(velo_dtype_scale_fields(VELO_DTYPE_IQ4_XS, off, &f32) == -1, "IQ4_XS is not described");
 }
 
 /* Every ISA table's mul_mat_act against velo_act_dot, to the bit, for
@@ -700,6 +719,7 @@ int main(void) {
   test_bf16();
   test_q8_K_weights();
   test_act_tables();
+  test_scale_fields();
   test_act_kq_extremes();
   return check_summary("cpu_kquant");
 }

@@ -182,52 +182,32 @@ static void fill_weights(velo_tensor *t, float *w) {
         }
         break;
       case VELO_DTYPE_Q2_K:
-      case VELO_DTYPE_Q3_K: {
-        /* random quant bytes, fp16 d (and Q2_K's dmin) in [0.005, 0.01) at
-         * bytes 80, 82 (Q2_K) or 108 (Q3_K); the float copy is the
-         * dequantized row */
-        const size_t bs = velo_dtype_block_bytes(t->dtype);
-        for (size_t i = 0; i < (size_t)(K / 256) * bs; i++)
-          ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
-        for (int64_t b = 0; b < K / 256; b++) {
-          char *blk = (char *)row + (size_t)b * bs;
-          uint16_t d = velo_fp32_to_fp16(0.005f * (1.0f + fabsf(rndf())));
-          memcpy(blk + (t->dtype == VELO_DTYPE_Q2_K ? 80 : 108), &d, 2);
-          if (t->dtype == VELO_DTYPE_Q2_K) memcpy(blk + 82, &d, 2);
-        }
-        velo_dequantize_row(t->dtype, row, wr, K);
-        break;
-      }
+      case VELO_DTYPE_Q3_K:
       case VELO_DTYPE_Q4_K:
       case VELO_DTYPE_Q5_K:
-      case VELO_DTYPE_Q6_K: {
-        /* random quant bytes, fp16 scales in [0.005, 0.01); the float copy
-         * is the dequantized row */
-        const size_t bs = velo_dtype_block_bytes(t->dtype);
-        for (size_t i = 0; i < (size_t)(K / 256) * bs; i++)
-          ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
-        for (int64_t b = 0; b < K / 256; b++) {
-          char *blk = (char *)row + (size_t)b * bs;
-          uint16_t d = velo_fp32_to_fp16(0.005f * (1.0f + fabsf(rndf())));
-          memcpy(blk + (t->dtype == VELO_DTYPE_Q6_K ? 208 : 0), &d, 2);
-          if (t->dtype != VELO_DTYPE_Q6_K) memcpy(blk + 2, &d, 2);
-        }
-        velo_dequantize_row(t->dtype, row, wr, K);
-        break;
-      }
+      case VELO_DTYPE_Q6_K:
       case VELO_DTYPE_Q4_1:
       case VELO_DTYPE_Q5_0:
       case VELO_DTYPE_Q5_1: {
-        /* random quant bytes, fp16 d (and m) in [0.05, 0.1) */
+        /* random quant bytes; the fp16 scales (velo_dtype_scale_fields)
+         * in [0.005, 0.01) for the K-quants, d in [0.05, 0.1) and m in
+         * (-0.1, -0.05] for blocks of 32; the float copy is the dequantized
+         * row */
         const size_t bs = velo_dtype_block_bytes(t->dtype);
-        for (size_t i = 0; i < (size_t)(K / 32) * bs; i++)
+        const int64_t blk = velo_dtype_block_size(t->dtype);
+        int off[2];
+        bool f32;
+        const int nf = velo_dtype_scale_fields(t->dtype, off, &f32);
+        for (size_t i = 0; i < (size_t)(K / blk) * bs; i++)
           ((uint8_t *)row)[i] = (uint8_t)(check_rnd() >> 56);
-        for (int64_t b = 0; b < K / 32; b++) {
-          char *blk = (char *)row + (size_t)b * bs;
-          uint16_t d = velo_fp32_to_fp16(0.05f * (1.0f + fabsf(rndf())));
-          uint16_t m = velo_fp32_to_fp16(-0.05f * (1.0f + fabsf(rndf())));
-          memcpy(blk, &d, 2);
-          if (t->dtype != VELO_DTYPE_Q5_0) memcpy(blk + 2, &m, 2);
+        for (int64_t b = 0; b < K / blk; b++) {
+          char *bp = (char *)row + (size_t)b * bs;
+          const float base = blk == 256 ? 0.005f : 0.05f;
+          const uint16_t d = velo_fp32_to_fp16(base * (1.0f + fabsf(rndf())));
+          const uint16_t m =
+              blk == 256 ? d : velo_fp32_to_fp16(-0.05f * (1.0f + fabsf(rndf())));
+          memcpy(bp + off[0], &d, 2);
+          if (nf == 2) memcpy(bp + off[1], &m, 2);
         }
         velo_dequantize_row(t->dtype, row, wr, K);
         break;

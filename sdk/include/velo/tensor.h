@@ -119,6 +119,46 @@ static inline size_t velo_dtype_row_bytes(int dtype, int64_t n) {
   return (size_t)(n / blk) * velo_dtype_block_bytes(dtype);
 }
 
+/* Where a quantization block keeps its float scale fields (the GGUF /
+ * ggml block layouts): writes their byte offsets within one block to
+ * off[0..n-1] and sets *f32 (true: IEEE binary32 fields, as Q8_K's d;
+ * false: binary16), and returns n (1: d; 2: d and dmin or m).  Returns 0
+ * for the plain types (F32, F16, BF16, I8..I64, F64: every element is a
+ * value) and -1 for a block format described nowhere here (the IQ
+ * formats, whose scales are packed differently).  The other bytes of a
+ * block are integer quants and packed integer sub-scales.  Pure. */
+static inline int velo_dtype_scale_fields(int dtype, int off[2], bool *f32) {
+  *f32 = false;
+  off[0] = off[1] = 0;
+  switch (dtype) {
+    case VELO_DTYPE_Q4_0: /* d, qs[16] */
+    case VELO_DTYPE_Q5_0: /* d, qh[4], qs[16] */
+    case VELO_DTYPE_Q8_0: /* d, qs[32] */
+      return 1;
+    case VELO_DTYPE_Q4_1: /* d, m, qs[16] */
+    case VELO_DTYPE_Q5_1: /* d, m, qh[4], qs[16] */
+    case VELO_DTYPE_Q8_1: /* d, s, qs[32] */
+    case VELO_DTYPE_Q4_K: /* d, dmin, scales[12], qs[128] */
+    case VELO_DTYPE_Q5_K: /* d, dmin, scales[12], qh[32], qs[128] */
+      off[1] = 2;
+      return 2;
+    case VELO_DTYPE_Q2_K: /* scales[16], qs[64], d, dmin */
+      off[0] = 80, off[1] = 82;
+      return 2;
+    case VELO_DTYPE_Q3_K: /* hmask[32], qs[64], scales[12], d */
+      off[0] = 108;
+      return 1;
+    case VELO_DTYPE_Q6_K: /* ql[128], qh[64], scales[16], d */
+      off[0] = 208;
+      return 1;
+    case VELO_DTYPE_Q8_K: /* d (f32), qs[256], bsums[16] */
+      *f32 = true;
+      return 1;
+    default:
+      return velo_dtype_block_size(dtype) == 1 ? 0 : -1;
+  }
+}
+
 /* ------------------------------------------------------------------ */
 /* Compute tensors                                                     */
 /* ------------------------------------------------------------------ */
