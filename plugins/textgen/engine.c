@@ -783,6 +783,12 @@ static void model_free(velo_model *m) {
 static velo_status size_pool(velo_model *m, const velo_model_config *cfg, int64_t *slots,
                              velo_error *err) {
   size_t per_token = llama_kv_bytes_per_token(m->llama);
+  if (m->n_ctx > KV_MAX_TOKENS)
+    return velo_error_set(err, VELO_INVALID_ARGUMENT,
+                          "model '%s': its context length of %lld tokens (the model's own, or "
+                          "--ctx-size / context_length) is more than %lld, the most one KV cache "
+                          "pool can index; lower --ctx-size (or context_length in config.json)",
+                          m->name, (long long)m->n_ctx, (long long)KV_MAX_TOKENS);
   int64_t want = 0;
   const char *how = "default";
   bool has_kv = cfg->struct_size >= offsetof(velo_model_config, kv_cache_bytes) + sizeof cfg->kv_cache_bytes;
@@ -921,13 +927,18 @@ velo_status textgen_model_load(const velo_host *host, const velo_model_config *c
     double bytes = (double)m->pool_slots * (double)llama_kv_bytes_per_token(m->llama);
     bool sized = cfg->struct_size >= offsetof(velo_model_config, kv_cache_bytes) + sizeof cfg->kv_cache_bytes &&
                  (cfg->kv_cache_tokens > 0 || cfg->kv_cache_bytes > 0);
+    /* the default pool is more than one context when max_active > 1 */
+    const bool above_min = m->pool_slots > (int64_t)blocks_for((size_t)m->n_ctx) * KV_BLOCK_SIZE;
     model_free(m);
     return velo_error_set(err, st,
                           "%s: the KV cache of %lld tokens (%.0f bytes) cannot be allocated: %s; %s",
                           cfg->path, slots, bytes, msg,
                           sized ? "lower kv_cache_size (or --kv-cache-size)"
-                                : "it holds at least one context of the context length; lower "
-                                  "--ctx-size (or context_length), or set kv_cache_size");
+                          : above_min
+                              ? "lower --ctx-size (or context_length), or set a smaller "
+                                "kv_cache_size (at least one context)"
+                              : "the pool holds one context of the context length at least; "
+                                "lower --ctx-size (or context_length)");
   }
   if ((st = kv_pool_create((int32_t)(m->pool_slots / KV_BLOCK_SIZE), KV_BLOCK_SIZE, &m->pool, err)) != VELO_OK) {
     model_free(m);

@@ -282,20 +282,24 @@ static velo_status load_tensor(llama_model *m, const char *name, int64_t ne0, in
     char can[256];
     supported_types(m, t, can, sizeof can);
     return velo_error_set(err, VELO_UNIMPLEMENTED,
-                          "%s: tensor '%s' has type %s, which the backend cannot compute with (it "
-                          "takes: %s)",
-                          path, name, tname ? tname : "unknown", can);
+                          "%s: tensor '%s' has type %s, which the backend cannot compute with (for "
+                          "rows of %lld elements it takes: %s)",
+                          path, name, tname ? tname : "unknown", (long long)ne[0], can);
   }
   /* NaN or infinite weights (a corrupt file) would be served as garbage */
   int64_t bad = 0;
   bool is_block = false;
-  if (weight_find_nonfinite(ti.dtype, ti.data, ne[0], ne[1], &bad, &is_block) ==
+  int field = 0;
+  if (weight_find_nonfinite(ti.dtype, ti.data, ne[0], ne[1], &bad, &is_block, &field) ==
       WEIGHT_NONFINITE)
     return velo_error_set(err, VELO_DATA_LOSS,
                           "%s: tensor '%s' (%s) holds a NaN or infinite value in %s %lld (row "
                           "%lld): the file is corrupt",
                           path, name, tname ? tname : "unknown",
-                          is_block ? "the scale of quantization block" : "element", (long long)bad,
+                          !is_block    ? "element"
+                          : field == 0 ? "the scale (d) of quantization block"
+                                       : "the second scale (dmin or m) of quantization block",
+                          (long long)bad,
                           (long long)(is_block ? bad / (ne[0] / velo_dtype_block_size(ti.dtype))
                                                : bad / ne[0]));
   velo_buffer *b = NULL;

@@ -29,13 +29,14 @@ static inline bool f32_nonfinite(const unsigned char *p) {
 
 /* See weight_check.h. */
 weight_check weight_find_nonfinite(velo_dtype dt, const void *data, int64_t n_cols,
-                                   int64_t n_rows, int64_t *where, bool *is_block) {
+                                   int64_t n_rows, int64_t *where, bool *is_block, int *field) {
   const unsigned char *p = data;
   const int64_t blk = velo_dtype_block_size(dt);
   if (blk <= 0 || n_cols % blk != 0) return WEIGHT_UNCHECKED;
   const int64_t n_units = n_cols / blk * n_rows; /* elements or blocks */
   const size_t bb = velo_dtype_block_bytes(dt);
   *is_block = blk > 1;
+  *field = 0;
   switch (dt) {
     case VELO_DTYPE_F32:
       for (int64_t i = 0; i < n_units; i++)
@@ -60,7 +61,7 @@ weight_check weight_find_nonfinite(velo_dtype dt, const void *data, int64_t n_co
     const unsigned char *blkp = p + (size_t)b * bb;
     for (int j = 0; j < n_fields; j++)
       if (f32 ? f32_nonfinite(blkp + off[j]) : fp16_nonfinite(blkp + off[j]))
-        return *where = b, WEIGHT_NONFINITE;
+        return *where = b, *field = j, WEIGHT_NONFINITE;
   }
   return WEIGHT_FINITE;
 }

@@ -27,9 +27,10 @@ typedef enum weight_check {
  * velo_dtype_row_bytes(dt, n_cols) bytes each; n_cols a multiple of the
  * block size).  On WEIGHT_NONFINITE, *where is the index of the first bad
  * element (plain float types) or block (block formats, counted from the
- * start of the tensor) and *is_block says which.  Reads the whole tensor
+ * start of the tensor) and *is_block says which; for a block, *field is
+ * the bad scale field (0: d; 1: dmin or m, velo_dtype_scale_fields).  Reads the whole tensor
  * (for mmapped weights: brings it into the page cache).  Pure; thread-safe. */
 weight_check weight_find_nonfinite(velo_dtype dt, const void *data, int64_t n_cols,
-                                   int64_t n_rows, int64_t *where, bool *is_block);
+                                   int64_t n_rows, int64_t *where, bool *is_block, int *field);
 
 #endif /* VELO_TEXTGEN_WEIGHT_CHECK_H */

@@ -47,8 +47,27 @@ def test_nonfinite_scale_refused_at_load(tmp_path):
     rc, out = harness.run_velod_once(["--model", "bad=%s" % bad, "--listen", "127.0.0.1:0",
                                       "--backend", "cpu"])
     assert rc not in (0, None), out
-    assert "tensor 'token_embd.weight' (Q8_0) holds a NaN or infinite value in the scale of " \
+    assert "tensor 'token_embd.weight' (Q8_0) holds a NaN or infinite value in the scale (d) of " \
            "quantization block 0 (row 0): the file is corrupt" in out, out
+
+
+def test_nonfinite_kquant_min_refused_at_load(tmp_path):
+    """A NaN in the dmin of one Q4_K block (bytes 2-3 of the 144-byte
+    block) of a K-quant file: refused, naming that field and the block."""
+    src = harness.SHARED_DIR / "models" / "synth-kq-Q4_K.gguf"
+    BAD_BLOCK = 2
+
+    def nan_dmin(f, off, ttype, ne):
+        assert ttype == 12, "the test expects a Q4_K blk.0.ffn_up.weight, found type %d" % ttype
+        f.seek(off + BAD_BLOCK * 144 + 2)
+        f.write(b"\x00\x7e")  # fp16 quiet NaN
+    bad = patched(tmp_path, src, "blk.0.ffn_up.weight", nan_dmin)
+    rc, out = harness.run_velod_once(["--model", "bad=%s" % bad, "--listen", "127.0.0.1:0",
+                                      "--backend", "cpu"])
+    assert rc not in (0, None), out
+    row = BAD_BLOCK // (gguf_edit.tensor_span(bad, "blk.0.ffn_up.weight")[2][0] // 256)
+    assert ("tensor 'blk.0.ffn_up.weight' (Q4_K) holds a NaN or infinite value in the second "
+            "scale (dmin or m) of quantization block %d (row %d)" % (BAD_BLOCK, row)) in out, out
 
 
 def test_nonfinite_element_refused_at_load(tmp_path):

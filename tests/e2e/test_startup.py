@@ -35,6 +35,23 @@ def test_truncated_gguf(tmp_path):
     assert re.search(r"(?i)truncat|byte offset \d+|end of (the )?file|beyond|past the end", out), out
 
 
+def test_context_length_past_the_pool_limit(tmp_path):
+    """A model whose context length no KV pool can index (4294967295
+    tokens) is refused naming the context length and --ctx-size, not a
+    kv_cache_size nobody set."""
+    import struct
+    data = bytearray(harness.MODEL_F32.read_bytes())
+    key = b"llama.context_length"
+    i = data.find(key)
+    assert i > 0 and struct.unpack_from("<I", data, i + len(key))[0] == 4  # uint32
+    struct.pack_into("<I", data, i + len(key) + 4, 4294967295)
+    path = tmp_path / "ctx-max.gguf"
+    path.write_bytes(bytes(data))
+    out = fails_to_start(path)
+    assert "its context length of 4294967295 tokens" in out, out[-2000:]
+    assert "lower --ctx-size" in out and "kv_cache_size" not in out, out[-2000:]
+
+
 def test_truncated_gguf_header(tmp_path):
     """Cut inside the metadata (the tokenizer arrays), not in the tensor data."""
     path = tmp_path / "header-cut-stories260K.gguf"
